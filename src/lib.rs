@@ -1,0 +1,27 @@
+//! Gatehouse: a mail-transport server and HTTPS client-access proxy with
+//! Exchange-grade TLS.
+//!
+//! Data path (folders follow it):
+//!
+//! ```text
+//! listener (smtp::inbound::listener)
+//!   -> session state machine (smtp::inbound::session)
+//!   -> acceptance policy (smtp::inbound::policy)
+//!   -> durable queue, group-committed journal (queue)
+//!   -> delivery (delivery::maildir, or a send connector later)
+//! ```
+//!
+//! `server` wires the parts together; `main.rs` is only the CLI.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod delivery;
+pub mod protolog;
+pub mod queue;
+pub mod server;
+pub mod shutdown;
+pub mod smtp;
+pub mod timefmt;
+
+/// The version printed by `gatehouse --version` and written into logs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,122 @@
+//! The `gatehouse` command line: parse, call the library, map errors to
+//! exit codes (0 ok, 1 bad configuration or failed check, 2 start-up or
+//! runtime failure).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gatehouse::config::{Config, ConfigSource};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "Mail-transport server and HTTPS client-access proxy with Exchange-grade TLS")]
+struct Cli {
+    /// Configuration file. Default: ./gatehouse.toml if it exists, else the embedded default.
+    #[arg(long, global = true, env = "GATEHOUSE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server in the foreground until SIGTERM or SIGINT.
+    Serve,
+    /// Validate the configuration and print every error with file:line:column.
+    CheckConfig,
+    /// Print the embedded default configuration (a starting point for gatehouse.toml).
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::CheckConfig => check_config(cli.config),
+        Cmd::DefaultConfig => {
+            print!("{}", gatehouse::config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Cmd::Serve => match serve(cli.config) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("gatehouse: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    match Config::load(path.as_deref()) {
+        Ok((cfg, source)) => {
+            println!(
+                "{}: OK ({} receive connector(s), {} accepted domain(s), {} mailbox(es))",
+                source.name,
+                cfg.receive_connector.len(),
+                cfg.accepted_domain.len(),
+                cfg.mailbox.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let (cfg, source) = match Config::load(path.as_deref()) {
+        Ok(x) => x,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = gatehouse::server::start(cfg.clone()).await?;
+        announce(&source, &cfg, &server);
+        wait_for_signal().await?;
+        tracing::info!("shutting down: new sessions get 421, open transactions may finish");
+        server.shutdown().await;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn announce(source: &ConfigSource, cfg: &Config, server: &gatehouse::server::RunningServer) {
+    println!("gatehouse {} using {}", gatehouse::VERSION, source.name);
+    println!("data directory: {}", cfg.server.data_dir.display());
+    for (name, addr) in &server.listeners {
+        println!("listening: smtp {addr} (receive connector \"{name}\")");
+    }
+    if let Some((_, addr)) = server.listeners.first() {
+        let to = cfg
+            .mailbox
+            .first()
+            .and_then(|m| m.addresses.first())
+            .map(|a| {
+                let a = a.get_ref();
+                if a.starts_with('@') { format!("test{a}") } else { a.clone() }
+            })
+            .unwrap_or_else(|| "postmaster@localhost".into());
+        println!("send a test message: swaks --server {} --port {} --to {to}", addr.ip(), addr.port());
+        println!("mail is delivered to: {}/<mailbox>/new/", cfg.mail_dir().display());
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

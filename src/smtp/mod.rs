@@ -1,0 +1,6 @@
+//! SMTP: the wire protocol shared by the inbound side (and, later, the
+//! outbound client): replies, paths, and the receive connectors.
+
+pub mod address;
+pub mod inbound;
+pub mod reply;
