@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about = "Mail-transport server and HTTPS client-access proxy with Exchange-grade TLS")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Mail-transport server and HTTPS client-access proxy with Exchange-grade TLS"
+)]
 struct Cli {
     /// Configuration file. Default: ./gatehouse.toml if it exists, else the embedded default.
     #[arg(long, global = true, env = "GATEHOUSE_CONFIG")]
@@ -68,7 +72,10 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
 fn serve(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let (cfg, source) = match Config::load(path.as_deref()) {
         Ok(x) => x,
@@ -77,7 +84,10 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = gatehouse::server::start(cfg.clone()).await?;
         announce(&source, &cfg, &server);
@@ -102,11 +112,22 @@ fn announce(source: &ConfigSource, cfg: &Config, server: &gatehouse::server::Run
             .and_then(|m| m.addresses.first())
             .map(|a| {
                 let a = a.get_ref();
-                if a.starts_with('@') { format!("test{a}") } else { a.clone() }
+                if a.starts_with('@') {
+                    format!("test{a}")
+                } else {
+                    a.clone()
+                }
             })
             .unwrap_or_else(|| "postmaster@localhost".into());
-        println!("send a test message: swaks --server {} --port {} --to {to}", addr.ip(), addr.port());
-        println!("mail is delivered to: {}/<mailbox>/new/", cfg.mail_dir().display());
+        println!(
+            "send a test message: swaks --server {} --port {} --to {to}",
+            addr.ip(),
+            addr.port()
+        );
+        println!(
+            "mail is delivered to: {}/<mailbox>/new/",
+            cfg.mail_dir().display()
+        );
     }
 }
 

@@ -20,12 +20,27 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} for connector `{connector}`: {source}\n  = hint: {hint}")]
-    Bind { addr: SocketAddr, connector: String, source: std::io::Error, hint: &'static str },
-    #[error("cannot create the data directory {path}: {source}\n  = hint: check `server.data_dir` and the permissions of its parent")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        connector: String,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error(
+        "cannot create the data directory {path}: {source}\n  = hint: check `server.data_dir` and the permissions of its parent"
+    )]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open the protocol log in {path}: {source}")]
-    ProtocolLog { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the queue: {0}\n  = hint: check free space and permissions under `server.data_dir`")]
+    ProtocolLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot open the queue: {0}\n  = hint: check free space and permissions under `server.data_dir`"
+    )]
     Queue(#[from] StorageError),
 }
 
@@ -43,7 +58,10 @@ pub struct RunningServer {
 /// Starts everything the configuration describes. Needs a Tokio runtime.
 pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     let data_dir = cfg.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
     let hostname = cfg.server.hostname.get_ref().to_string();
 
     let queue = Queue::start(QueueSettings {
@@ -67,56 +85,96 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
             },
             crate::VERSION,
         )
-        .map_err(|source| StartError::ProtocolLog { path: log_dir.clone(), source })?
+        .map_err(|source| StartError::ProtocolLog {
+            path: log_dir.clone(),
+            source,
+        })?
     } else {
         ProtocolLog::disabled()
     };
 
     let shutdown = Shutdown::new();
     let policy = Arc::new(AcceptancePolicy::from_config(&cfg));
-    let short_host = hostname.split('.').next().unwrap_or(&hostname).to_ascii_uppercase();
+    let short_host = hostname
+        .split('.')
+        .next()
+        .unwrap_or(&hostname)
+        .to_ascii_uppercase();
     let mut listeners = Vec::new();
     let mut accept_tasks = Vec::new();
     for c in &cfg.receive_connector {
         let name = c.name.get_ref().clone();
-        let fqdn = c.fqdn.as_ref().map(|f| f.to_string()).unwrap_or_else(|| hostname.clone());
+        let fqdn = c
+            .fqdn
+            .as_ref()
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| hostname.clone());
         let ctx = Arc::new(ConnectorContext {
             name: name.clone(),
-            banner: c.banner.clone().unwrap_or_else(|| "Gatehouse ESMTP ready".into()),
+            banner: c
+                .banner
+                .clone()
+                .unwrap_or_else(|| "Gatehouse ESMTP ready".into()),
             connector_id: format!("{short_host}\\{name}"),
             fqdn,
             config: c.clone(),
             policy: policy.clone(),
             queue: queue.clone(),
-            protolog: if c.protocol_log { protolog.clone() } else { ProtocolLog::disabled() },
+            protolog: if c.protocol_log {
+                protolog.clone()
+            } else {
+                ProtocolLog::disabled()
+            },
             shutdown: shutdown.clone(),
         });
         let limits = ConnectionLimits::new(c.max_connections, c.max_connections_per_ip);
         for addr in &c.listen {
             let addr = *addr.get_ref();
-            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-                addr,
-                connector: name.clone(),
-                hint: match source.kind() {
-                    std::io::ErrorKind::AddrInUse => "another process already listens there; stop it or change `listen`",
-                    std::io::ErrorKind::PermissionDenied => "ports below 1024 need root or CAP_NET_BIND_SERVICE",
-                    std::io::ErrorKind::AddrNotAvailable => "that IP address is not configured on this host",
-                    _ => "check the `listen` address",
-                },
-                source,
-            })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr,
+                    connector: name.clone(),
+                    hint: match source.kind() {
+                        std::io::ErrorKind::AddrInUse => {
+                            "another process already listens there; stop it or change `listen`"
+                        }
+                        std::io::ErrorKind::PermissionDenied => {
+                            "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+                        }
+                        std::io::ErrorKind::AddrNotAvailable => {
+                            "that IP address is not configured on this host"
+                        }
+                        _ => "check the `listen` address",
+                    },
+                    source,
+                })?;
             let bound = listener.local_addr().unwrap_or(addr);
             listeners.push((name.clone(), bound));
-            accept_tasks.push(tokio::spawn(accept_loop(listener, ctx.clone(), limits.clone())));
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                ctx.clone(),
+                limits.clone(),
+            )));
         }
     }
-    Ok(RunningServer { listeners, queue, shutdown, grace: cfg.server.shutdown_grace.0, protolog, accept_tasks })
+    Ok(RunningServer {
+        listeners,
+        queue,
+        shutdown,
+        grace: cfg.server.shutdown_grace.0,
+        protolog,
+        accept_tasks,
+    })
 }
 
 impl RunningServer {
     /// The address of the first listener of `connector`.
     pub fn addr(&self, connector: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == connector).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == connector)
+            .map(|(_, a)| *a)
     }
 
     /// Graceful stop: 421 to new and idle sessions, in-flight transactions
@@ -124,7 +182,10 @@ impl RunningServer {
     pub async fn shutdown(self) {
         self.shutdown.token.cancel();
         self.shutdown.sessions.close();
-        if tokio::time::timeout(self.grace, self.shutdown.sessions.wait()).await.is_err() {
+        if tokio::time::timeout(self.grace, self.shutdown.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?self.grace, "sessions still open at the end of the shutdown grace period; closing them");
         }
         for t in &self.accept_tasks {

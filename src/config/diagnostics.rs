@@ -30,14 +30,28 @@ impl ConfigErrors {
 
 impl ConfigError {
     pub fn without_position(file: String, message: String, hint: &str) -> Self {
-        ConfigError { file, line: 0, column: 0, message, hint: hint.into(), snippet: None }
+        ConfigError {
+            file,
+            line: 0,
+            column: 0,
+            message,
+            hint: hint.into(),
+            snippet: None,
+        }
     }
 
     /// An error at a byte span of the source (an empty span at 0 means "the
     /// file as a whole", reported at line 1).
     pub fn at(src: &ConfigSource, span: Range<usize>, message: String, hint: &str) -> Self {
         let (line, column, snippet) = locate(&src.text, span.start);
-        ConfigError { file: src.name.clone(), line, column, message, hint: hint.into(), snippet: Some(snippet) }
+        ConfigError {
+            file: src.name.clone(),
+            line,
+            column,
+            message,
+            hint: hint.into(),
+            snippet: Some(snippet),
+        }
     }
 
     /// Converts a TOML/serde error, adding a hint where we can do better
@@ -76,7 +90,8 @@ fn hint_for(message: &str) -> String {
         {
             return format!("did you mean `{}`?", best.1);
         }
-        return "remove the key, or check the spelling against the config reference in README.md".into();
+        return "remove the key, or check the spelling against the config reference in README.md"
+            .into();
     }
     if message.starts_with("missing field") {
         return "add the key; see the config reference in README.md".into();
@@ -106,13 +121,24 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             writeln!(f, "error: {}: {}", self.file, self.message)?;
         } else {
-            writeln!(f, "error: {}:{}:{}: {}", self.file, self.line, self.column, self.message)?;
+            writeln!(
+                f,
+                "error: {}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )?;
         }
         if let Some(snippet) = &self.snippet {
             let n = self.line.to_string();
             writeln!(f, "{:w$} |", "", w = n.len())?;
             writeln!(f, "{n} | {snippet}")?;
-            writeln!(f, "{:w$} | {:c$}^", "", "", w = n.len(), c = self.column.saturating_sub(1))?;
+            writeln!(
+                f,
+                "{:w$} | {:c$}^",
+                "",
+                "",
+                w = n.len(),
+                c = self.column.saturating_sub(1)
+            )?;
         }
         write!(f, "  = hint: {}", self.hint)
     }

@@ -54,14 +54,20 @@ impl ConfigSource {
                         "check the path given to --config and the file's permissions",
                     ))
                 })?;
-                Ok(ConfigSource { name: p.display().to_string(), text })
+                Ok(ConfigSource {
+                    name: p.display().to_string(),
+                    text,
+                })
             }
             None => Ok(ConfigSource::embedded()),
         }
     }
 
     pub fn embedded() -> ConfigSource {
-        ConfigSource { name: "<embedded default>".into(), text: DEFAULT_CONFIG.into() }
+        ConfigSource {
+            name: "<embedded default>".into(),
+            text: DEFAULT_CONFIG.into(),
+        }
     }
 }
 
@@ -310,7 +316,11 @@ impl Config {
         let cfg: Config = toml::from_str(&source.text)
             .map_err(|e| ConfigErrors::single(ConfigError::from_toml(source, &e)))?;
         let errors = cfg.validate(source);
-        if errors.is_empty() { Ok(cfg) } else { Err(ConfigErrors(errors)) }
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// `--config FILE`, else ./gatehouse.toml, else the embedded default.
@@ -327,94 +337,177 @@ impl Config {
         };
 
         if self.receive_connector.is_empty() {
-            err(0..0, "no [[receive_connector]] is configured".into(),
-                "add at least one, e.g. [[receive_connector]] name = \"Default\" role = \"smtp\" listen = [\"127.0.0.1:2525\"]");
+            err(
+                0..0,
+                "no [[receive_connector]] is configured".into(),
+                "add at least one, e.g. [[receive_connector]] name = \"Default\" role = \"smtp\" listen = [\"127.0.0.1:2525\"]",
+            );
         }
         let mut names = std::collections::HashSet::new();
         let mut binds = std::collections::HashSet::new();
         for c in &self.receive_connector {
-            if c.name.get_ref().trim().is_empty() || c.name.get_ref().contains([',', '"', '\n', '\\']) {
-                err(c.name.span(), format!("connector name `{}` is empty or contains , \" \\ or a newline", c.name.get_ref()),
-                    "use a plain name such as \"Default\" (it appears in protocol logs)");
+            if c.name.get_ref().trim().is_empty()
+                || c.name.get_ref().contains([',', '"', '\n', '\\'])
+            {
+                err(
+                    c.name.span(),
+                    format!(
+                        "connector name `{}` is empty or contains , \" \\ or a newline",
+                        c.name.get_ref()
+                    ),
+                    "use a plain name such as \"Default\" (it appears in protocol logs)",
+                );
             }
             if !names.insert(c.name.get_ref().to_ascii_lowercase()) {
-                err(c.name.span(), format!("connector name `{}` is used twice", c.name.get_ref()),
-                    "give every [[receive_connector]] its own name");
+                err(
+                    c.name.span(),
+                    format!("connector name `{}` is used twice", c.name.get_ref()),
+                    "give every [[receive_connector]] its own name",
+                );
             }
             if *c.role.get_ref() != ConnectorRole::Smtp {
-                err(c.role.span(), format!("role `{:?}` needs TLS, which this build does not offer yet", c.role.get_ref()).to_lowercase(),
-                    "use role = \"smtp\" for now; submission and smtps arrive with the certificate store");
+                err(
+                    c.role.span(),
+                    format!(
+                        "role `{:?}` needs TLS, which this build does not offer yet",
+                        c.role.get_ref()
+                    )
+                    .to_lowercase(),
+                    "use role = \"smtp\" for now; submission and smtps arrive with the certificate store",
+                );
             }
             if c.listen.is_empty() {
-                err(c.name.span(), format!("connector `{}` has no listen addresses", c.name.get_ref()),
-                    "add listen = [\"127.0.0.1:2525\"]");
+                err(
+                    c.name.span(),
+                    format!("connector `{}` has no listen addresses", c.name.get_ref()),
+                    "add listen = [\"127.0.0.1:2525\"]",
+                );
             }
             for l in &c.listen {
                 if l.get_ref().port() != 0 && !binds.insert(*l.get_ref()) {
-                    err(l.span(), format!("{} is bound by two connectors", l.get_ref()),
-                        "each address:port may belong to one connector");
+                    err(
+                        l.span(),
+                        format!("{} is bound by two connectors", l.get_ref()),
+                        "each address:port may belong to one connector",
+                    );
                 }
             }
             if c.max_message_size.0 < 65_536 {
-                err(0..0, format!("connector `{}`: max_message_size below 64 KiB", c.name.get_ref()),
-                    "RFC 5321 needs room for real messages; Exchange's minimum is 65536 bytes");
+                err(
+                    0..0,
+                    format!(
+                        "connector `{}`: max_message_size below 64 KiB",
+                        c.name.get_ref()
+                    ),
+                    "RFC 5321 needs room for real messages; Exchange's minimum is 65536 bytes",
+                );
             }
             if c.max_recipients < 100 {
-                err(c.name.span(), format!("connector `{}`: max_recipients = {} is below the RFC 5321 minimum of 100", c.name.get_ref(), c.max_recipients),
-                    "RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients per message");
+                err(
+                    c.name.span(),
+                    format!(
+                        "connector `{}`: max_recipients = {} is below the RFC 5321 minimum of 100",
+                        c.name.get_ref(),
+                        c.max_recipients
+                    ),
+                    "RFC 5321 §4.5.3.1.8 requires accepting at least 100 recipients per message",
+                );
             }
             if c.max_connections == 0 || c.max_connections_per_ip == 0 || c.max_errors == 0 {
-                err(c.name.span(), format!("connector `{}`: max_connections, max_connections_per_ip and max_errors must be at least 1", c.name.get_ref()),
-                    "remove the key to use the default");
+                err(
+                    c.name.span(),
+                    format!(
+                        "connector `{}`: max_connections, max_connections_per_ip and max_errors must be at least 1",
+                        c.name.get_ref()
+                    ),
+                    "remove the key to use the default",
+                );
             }
         }
 
         let mut domains = std::collections::HashMap::new();
         for d in &self.accepted_domain {
             if domains.insert(d.domain.get_ref().clone(), d.kind).is_some() {
-                err(d.domain.span(), format!("accepted domain `{}` is listed twice", d.domain.get_ref()),
-                    "keep one [[accepted_domain]] entry per domain");
+                err(
+                    d.domain.span(),
+                    format!("accepted domain `{}` is listed twice", d.domain.get_ref()),
+                    "keep one [[accepted_domain]] entry per domain",
+                );
             }
         }
         let mut mailbox_names = std::collections::HashSet::new();
         let mut addresses = std::collections::HashSet::new();
         for m in &self.mailbox {
             let name = m.name.get_ref();
-            if name.is_empty() || name.len() > 64 || name.starts_with('.')
-                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            if name.is_empty()
+                || name.len() > 64
+                || name.starts_with('.')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
             {
-                err(m.name.span(), format!("mailbox name `{name}` is not a safe directory name"),
-                    "use letters, digits, '.', '_' and '-' (it becomes <data_dir>/mail/<name>)");
+                err(
+                    m.name.span(),
+                    format!("mailbox name `{name}` is not a safe directory name"),
+                    "use letters, digits, '.', '_' and '-' (it becomes <data_dir>/mail/<name>)",
+                );
             }
             if !mailbox_names.insert(name.clone()) {
-                err(m.name.span(), format!("mailbox `{name}` is defined twice"), "merge the two entries");
+                err(
+                    m.name.span(),
+                    format!("mailbox `{name}` is defined twice"),
+                    "merge the two entries",
+                );
             }
             for a in &m.addresses {
                 let addr = a.get_ref().to_ascii_lowercase();
                 let Some((local, domain)) = addr.rsplit_once('@') else {
-                    err(a.span(), format!("`{}` is not an address", a.get_ref()),
-                        "write user@domain, or @domain for a catch-all");
+                    err(
+                        a.span(),
+                        format!("`{}` is not an address", a.get_ref()),
+                        "write user@domain, or @domain for a catch-all",
+                    );
                     continue;
                 };
                 match domain.parse::<DomainName>() {
-                    Err(e) => err(a.span(), format!("`{}`: {e}", a.get_ref()), "the part after @ must be a domain name"),
+                    Err(e) => err(
+                        a.span(),
+                        format!("`{}`: {e}", a.get_ref()),
+                        "the part after @ must be a domain name",
+                    ),
                     Ok(d) => match domains.get(&d) {
                         Some(DomainType::Authoritative) => {}
-                        Some(DomainType::Relay) => err(a.span(),
-                            format!("`{}` belongs to `{d}`, which is a relay domain", a.get_ref()),
-                            "mailboxes need type = \"authoritative\"; change the [[accepted_domain]] entry or remove this address"),
-                        None => err(a.span(),
-                            format!("`{}` belongs to `{d}`, which is not an accepted domain", a.get_ref()),
-                            "add [[accepted_domain]] domain = \"...\" type = \"authoritative\""),
+                        Some(DomainType::Relay) => err(
+                            a.span(),
+                            format!(
+                                "`{}` belongs to `{d}`, which is a relay domain",
+                                a.get_ref()
+                            ),
+                            "mailboxes need type = \"authoritative\"; change the [[accepted_domain]] entry or remove this address",
+                        ),
+                        None => err(
+                            a.span(),
+                            format!(
+                                "`{}` belongs to `{d}`, which is not an accepted domain",
+                                a.get_ref()
+                            ),
+                            "add [[accepted_domain]] domain = \"...\" type = \"authoritative\"",
+                        ),
                     },
                 }
                 if local.contains(['@', ' ', '"', '\\', '%', '!']) || local.len() > 64 {
-                    err(a.span(), format!("local part of `{}` is not a plain local part", a.get_ref()),
-                        "mailbox addresses use plain local parts (letters, digits, . _ + -)");
+                    err(
+                        a.span(),
+                        format!("local part of `{}` is not a plain local part", a.get_ref()),
+                        "mailbox addresses use plain local parts (letters, digits, . _ + -)",
+                    );
                 }
                 if !addresses.insert(addr.clone()) {
-                    err(a.span(), format!("`{}` is mapped to two mailboxes", a.get_ref()),
-                        "each address belongs to one mailbox");
+                    err(
+                        a.span(),
+                        format!("`{}` is mapped to two mailboxes", a.get_ref()),
+                        "each address belongs to one mailbox",
+                    );
                 }
             }
         }
@@ -443,22 +536,35 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Config::from_source(&ConfigSource { name: "t.toml".into(), text: text.into() })
+        Config::from_source(&ConfigSource {
+            name: "t.toml".into(),
+            text: text.into(),
+        })
     }
 
     #[test]
     fn embedded_default_is_valid() {
         let cfg = Config::from_source(&ConfigSource::embedded()).expect("default parses");
-        assert_eq!(cfg.receive_connector[0].listen[0].get_ref().to_string(), "127.0.0.1:2525");
+        assert_eq!(
+            cfg.receive_connector[0].listen[0].get_ref().to_string(),
+            "127.0.0.1:2525"
+        );
         assert!(cfg.receive_connector[0].relay_networks.is_empty());
     }
 
     #[test]
     fn unknown_key_reports_line_column_and_suggestion() {
-        let text = DEFAULT_CONFIG.replace("relay_networks = []", "relay_networks = []\nmax_recipient = 5");
+        let text = DEFAULT_CONFIG.replace(
+            "relay_networks = []",
+            "relay_networks = []\nmax_recipient = 5",
+        );
         let e = parse(&text).unwrap_err();
         let shown = e.to_string();
-        let line = text.lines().position(|l| l.starts_with("max_recipient")).unwrap() + 1;
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("max_recipient"))
+            .unwrap()
+            + 1;
         assert!(shown.contains(&format!("t.toml:{line}:1")), "{shown}");
         assert!(shown.contains("unknown field `max_recipient`"), "{shown}");
         assert!(shown.contains("did you mean `max_recipients`"), "{shown}");
@@ -466,23 +572,30 @@ mod tests {
 
     #[test]
     fn bad_value_points_at_the_value() {
-        let text = DEFAULT_CONFIG.replace("relay_networks = []", "relay_networks = [\"10.0.0.0/40\"]");
+        let text =
+            DEFAULT_CONFIG.replace("relay_networks = []", "relay_networks = [\"10.0.0.0/40\"]");
         let shown = parse(&text).unwrap_err().to_string();
         assert!(shown.contains("prefix length"), "{shown}");
-        let line = text.lines().position(|l| l.contains("10.0.0.0/40")).unwrap() + 1;
+        let line = text
+            .lines()
+            .position(|l| l.contains("10.0.0.0/40"))
+            .unwrap()
+            + 1;
         assert!(shown.contains(&format!("t.toml:{line}:")), "{shown}");
     }
 
     #[test]
     fn mailbox_for_unaccepted_domain_is_an_error() {
-        let text = DEFAULT_CONFIG.replace("\"@example.test\"]", "\"@example.test\", \"x@other.test\"]");
+        let text =
+            DEFAULT_CONFIG.replace("\"@example.test\"]", "\"@example.test\", \"x@other.test\"]");
         let shown = parse(&text).unwrap_err().to_string();
         assert!(shown.contains("not an accepted domain"), "{shown}");
     }
 
     #[test]
     fn collects_several_semantic_errors() {
-        let text = format!("{DEFAULT_CONFIG}\n[[mailbox]]\nname = \"../x\"\naddresses = [\"nobody\"]\n");
+        let text =
+            format!("{DEFAULT_CONFIG}\n[[mailbox]]\nname = \"../x\"\naddresses = [\"nobody\"]\n");
         let e = parse(&text).unwrap_err();
         assert!(e.0.len() >= 2, "{e}");
     }

@@ -22,9 +22,9 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size; write e.g. \"36MB\", \"512KiB\" or a number of bytes"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a size; write e.g. \"36MB\", \"512KiB\" or a number of bytes")
+        })?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" | "k" => 1_000,
@@ -79,7 +79,8 @@ impl FromStr for HumanDuration {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let hint = || format!("`{s}` is not a duration; write e.g. \"30s\", \"5m\", \"1h\" or \"2d\"");
+        let hint =
+            || format!("`{s}` is not a duration; write e.g. \"30s\", \"5m\", \"1h\" or \"2d\"");
         let n: u64 = num.parse().map_err(|_| hint())?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
@@ -118,11 +119,15 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -137,9 +142,9 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("`{a}` is not an IP address; write e.g. \"192.0.2.0/24\" or \"::1\""))?;
+        let addr: IpAddr = a.parse().map_err(|_| {
+            format!("`{a}` is not an IP address; write e.g. \"192.0.2.0/24\" or \"::1\"")
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
@@ -189,16 +194,25 @@ pub fn validate_domain(s: &str) -> Result<(), String> {
     }
     for label in s.split('.') {
         if label.is_empty() {
-            return Err(format!("`{s}` has an empty label (two dots, or a leading or trailing dot)"));
+            return Err(format!(
+                "`{s}` has an empty label (two dots, or a leading or trailing dot)"
+            ));
         }
         if label.len() > 63 {
             return Err(format!("label `{label}` is longer than 63 octets"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(format!("label `{label}` may only hold letters, digits and hyphens"));
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "label `{label}` may only hold letters, digits and hyphens"
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label `{label}` may not start or end with a hyphen"));
+            return Err(format!(
+                "label `{label}` may not start or end with a hyphen"
+            ));
         }
     }
     Ok(())
@@ -252,7 +266,10 @@ mod tests {
 
     #[test]
     fn domains_are_ldh_and_lowercased() {
-        assert_eq!("Example.TEST".parse::<DomainName>().unwrap().as_str(), "example.test");
+        assert_eq!(
+            "Example.TEST".parse::<DomainName>().unwrap().as_str(),
+            "example.test"
+        );
         assert!("exa mple.test".parse::<DomainName>().is_err());
         assert!("example.test.".parse::<DomainName>().is_err());
         assert!("-a.test".parse::<DomainName>().is_err());

@@ -27,7 +27,9 @@ impl Maildir {
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(root.join(sub))?;
         }
-        Ok(Maildir { root: root.to_path_buf() })
+        Ok(Maildir {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn new_dir(&self) -> PathBuf {
@@ -36,8 +38,15 @@ impl Maildir {
 
     /// Delivers one message durably; returns the file's final path.
     /// Blocking: run it on a blocking thread.
-    pub fn deliver(&self, return_path: &str, hostname: &str, message: &[u8]) -> io::Result<PathBuf> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    pub fn deliver(
+        &self,
+        return_path: &str,
+        hostname: &str,
+        message: &[u8],
+    ) -> io::Result<PathBuf> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let header = format!("Return-Path: <{return_path}>\r\n");
         let size = header.len() + message.len();
         let name = format!(
@@ -76,9 +85,14 @@ mod tests {
     fn delivers_into_new_with_return_path() {
         let dir = tempfile::tempdir().unwrap();
         let md = Maildir::open(&dir.path().join("box")).unwrap();
-        let p = md.deliver("a@b.test", "mx.test", b"Subject: hi\r\n\r\nbody\r\n").unwrap();
+        let p = md
+            .deliver("a@b.test", "mx.test", b"Subject: hi\r\n\r\nbody\r\n")
+            .unwrap();
         assert!(p.starts_with(md.new_dir()));
-        assert_eq!(fs::read(&p).unwrap(), b"Return-Path: <a@b.test>\r\nSubject: hi\r\n\r\nbody\r\n");
+        assert_eq!(
+            fs::read(&p).unwrap(),
+            b"Return-Path: <a@b.test>\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
         assert_eq!(fs::read_dir(dir.path().join("box/tmp")).unwrap().count(), 0);
     }
 }

@@ -94,9 +94,18 @@ pub struct RecoveryReport {
 }
 
 enum Op {
-    Append { record: Vec<u8>, reply: oneshot::Sender<Result<Location, StorageError>> },
-    MarkDone { location: Location, recipients: Vec<u32>, finished: bool },
-    Sync { reply: oneshot::Sender<()> },
+    Append {
+        record: Vec<u8>,
+        reply: oneshot::Sender<Result<Location, StorageError>>,
+    },
+    MarkDone {
+        location: Location,
+        recipients: Vec<u32>,
+        finished: bool,
+    },
+    Sync {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to the journal thread. Cloning is cheap.
@@ -141,9 +150,13 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl Journal {
     /// Opens (creating if needed) the spool in `dir`, recovers what is
     /// there and starts the journal thread.
-    pub fn open(dir: &Path, segment_size: u64) -> Result<(Journal, Vec<Recovered>, RecoveryReport), StorageError> {
+    pub fn open(
+        dir: &Path,
+        segment_size: u64,
+    ) -> Result<(Journal, Vec<Recovered>, RecoveryReport), StorageError> {
         fs::create_dir_all(dir).map_err(StorageError::io("create directory"))?;
-        let (recovered, report, pending, next_seg) = recover(dir).map_err(StorageError::io("recovery"))?;
+        let (recovered, report, pending, next_seg) =
+            recover(dir).map_err(StorageError::io("recovery"))?;
         let faults = Arc::new(FaultInjection::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let mut writer = Writer {
@@ -161,19 +174,33 @@ impl Journal {
             .name("gatehouse-journal".into())
             .spawn(move || writer.run(rx))
             .map_err(StorageError::io("start journal thread"))?;
-        Ok((Journal { tx, dir: Arc::new(dir.to_path_buf()), faults }, recovered, report))
+        Ok((
+            Journal {
+                tx,
+                dir: Arc::new(dir.to_path_buf()),
+                faults,
+            },
+            recovered,
+            report,
+        ))
     }
 
     /// Appends a record and returns once it is on stable storage.
     pub async fn append(&self, record: Vec<u8>) -> Result<Location, StorageError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Append { record, reply }).map_err(|_| StorageError::Closed)?;
+        self.tx
+            .send(Op::Append { record, reply })
+            .map_err(|_| StorageError::Closed)?;
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
     /// Marks recipients finished; `finished` when the whole message is.
     pub fn mark_done(&self, location: Location, recipients: Vec<u32>, finished: bool) {
-        let _ = self.tx.send(Op::MarkDone { location, recipients, finished });
+        let _ = self.tx.send(Op::MarkDone {
+            location,
+            recipients,
+            finished,
+        });
     }
 
     /// Waits until everything sent before is written and synced.
@@ -199,10 +226,17 @@ impl Journal {
         let mut payload = vec![0; len];
         f.read_exact(&mut payload)?;
         if &header[..4] != MAGIC || crc32fast::hash(&payload).to_le_bytes() != header[8..12] {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "queue record checksum mismatch"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "queue record checksum mismatch",
+            ));
         }
-        let (env, msg) = decode_payload(&payload)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "queue record envelope unreadable"))?;
+        let (env, msg) = decode_payload(&payload).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "queue record envelope unreadable",
+            )
+        })?;
         Ok((env, msg.to_vec()))
     }
 }
@@ -221,7 +255,10 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, RecoveryReport, PendingCou
         })
         .collect();
     segs.sort_unstable();
-    let mut report = RecoveryReport { segments: segs.len(), ..Default::default() };
+    let mut report = RecoveryReport {
+        segments: segs.len(),
+        ..Default::default()
+    };
     let mut out = Vec::new();
     let mut pending = HashMap::new();
     for &seg in &segs {
@@ -233,16 +270,29 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, RecoveryReport, PendingCou
         while off < data.len() {
             let rest = &data[off..];
             let header_ok = rest.len() >= HEADER && &rest[..4] == MAGIC;
-            let len = if header_ok { u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize } else { 0 };
+            let len = if header_ok {
+                u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes")) as usize
+            } else {
+                0
+            };
             if !header_ok || rest.len() < HEADER + len {
                 if !header_ok && rest.len() >= HEADER {
                     // Garbage that is not a torn append: keep it for an operator.
                     quarantine(dir, seg, off as u64, rest)?;
                     report.quarantined += 1;
-                    tracing::error!(segment = seg, offset = off, "queue segment holds unreadable data; kept in quarantine, rest of segment skipped");
+                    tracing::error!(
+                        segment = seg,
+                        offset = off,
+                        "queue segment holds unreadable data; kept in quarantine, rest of segment skipped"
+                    );
                 } else {
                     report.torn_tails += 1;
-                    tracing::warn!(segment = seg, offset = off, bytes = rest.len(), "incomplete record at the end of a queue segment (a write that was never acknowledged); discarded");
+                    tracing::warn!(
+                        segment = seg,
+                        offset = off,
+                        bytes = rest.len(),
+                        "incomplete record at the end of a queue segment (a write that was never acknowledged); discarded"
+                    );
                 }
                 let f = OpenOptions::new().write(true).open(&log_path)?;
                 f.set_len(off as u64)?;
@@ -256,15 +306,27 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, RecoveryReport, PendingCou
                 None => {
                     quarantine(dir, seg, off as u64, &rest[..rec_len])?;
                     report.quarantined += 1;
-                    tracing::error!(segment = seg, offset = off, "queue record failed its checksum; moved to quarantine and not delivered");
+                    tracing::error!(
+                        segment = seg,
+                        offset = off,
+                        "queue record failed its checksum; moved to quarantine and not delivered"
+                    );
                 }
                 Some((envelope, _)) => {
                     report.messages += 1;
                     let done_here = done.get(&(off as u64)).cloned().unwrap_or_default();
-                    let all_done = (0..envelope.recipients.len() as u32).all(|i| done_here.contains(&i));
+                    let all_done =
+                        (0..envelope.recipients.len() as u32).all(|i| done_here.contains(&i));
                     if !all_done {
                         unfinished += 1;
-                        out.push(Recovered { location: Location { segment: seg, offset: off as u64 }, envelope, done: done_here });
+                        out.push(Recovered {
+                            location: Location {
+                                segment: seg,
+                                offset: off as u64,
+                            },
+                            envelope,
+                            done: done_here,
+                        });
                     }
                 }
             }
@@ -338,7 +400,11 @@ impl Writer {
                         bytes += record.len();
                         appends.push((record, reply));
                     }
-                    Op::MarkDone { location, recipients, finished } => self.mark_done(location, &recipients, finished),
+                    Op::MarkDone {
+                        location,
+                        recipients,
+                        finished,
+                    } => self.mark_done(location, &recipients, finished),
                     Op::Sync { reply } => syncs.push(reply),
                 }
                 if bytes < MAX_BATCH_BYTES {
@@ -348,7 +414,9 @@ impl Writer {
             if !appends.is_empty() {
                 self.commit(appends);
             }
-            if self.done_dirty && (!syncs.is_empty() || self.last_done_sync.elapsed() > Duration::from_secs(1)) {
+            if self.done_dirty
+                && (!syncs.is_empty() || self.last_done_sync.elapsed() > Duration::from_secs(1))
+            {
                 self.sync_done();
             }
             for s in syncs {
@@ -360,7 +428,10 @@ impl Writer {
 
     fn open_segment(&mut self) -> io::Result<()> {
         let seg = self.next_seg;
-        let file = OpenOptions::new().create_new(true).append(true).open(segment_path(&self.dir, seg, "log"))?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(segment_path(&self.dir, seg, "log"))?;
         // The new directory entry must be durable before any record in it
         // is acknowledged.
         sync_dir(&self.dir)?;
@@ -382,13 +453,19 @@ impl Writer {
                 tracing::error!(error = %e, operation = op, messages = appends.len(), "queue commit failed; the sessions answer 452 4.3.1 and nothing is acknowledged");
                 self.seal_after_failure();
                 for (_, reply) in appends {
-                    let _ = reply.send(Err(StorageError::Io { op, source: io::Error::new(e.kind(), e.to_string()) }));
+                    let _ = reply.send(Err(StorageError::Io {
+                        op,
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    }));
                 }
             }
         }
     }
 
-    fn write_batch(&mut self, appends: &[(Vec<u8>, oneshot::Sender<Result<Location, StorageError>>)]) -> Result<Vec<Location>, (&'static str, io::Error)> {
+    fn write_batch(
+        &mut self,
+        appends: &[(Vec<u8>, oneshot::Sender<Result<Location, StorageError>>)],
+    ) -> Result<Vec<Location>, (&'static str, io::Error)> {
         if self.active.is_none() {
             self.open_segment().map_err(|e| ("segment creation", e))?;
         }
@@ -396,7 +473,10 @@ impl Writer {
         let mut buf = Vec::with_capacity(appends.iter().map(|a| a.0.len()).sum());
         let mut locs = Vec::with_capacity(appends.len());
         for (rec, _) in appends {
-            locs.push(Location { segment: active.seg, offset: active.len + buf.len() as u64 });
+            locs.push(Location {
+                segment: active.seg,
+                offset: active.len + buf.len() as u64,
+            });
             buf.extend_from_slice(rec);
         }
         if self.faults.fail_writes.load(Ordering::Relaxed) {
@@ -415,7 +495,11 @@ impl Writer {
     /// length and stop writing to it.
     fn seal_after_failure(&mut self) {
         if let Some(active) = self.active.take() {
-            if let Err(e) = active.file.set_len(active.len).and_then(|_| active.file.sync_all()) {
+            if let Err(e) = active
+                .file
+                .set_len(active.len)
+                .and_then(|_| active.file.sync_all())
+            {
                 tracing::error!(segment = active.seg, error = %e, "could not truncate the failed tail of a queue segment; recovery will discard it as incomplete or deliver it at least once");
             }
             self.maybe_delete(active.seg);
@@ -423,7 +507,11 @@ impl Writer {
     }
 
     fn rotate_if_full(&mut self) {
-        if self.active.as_ref().is_some_and(|a| a.len >= self.segment_size) {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.len >= self.segment_size)
+        {
             let seg = self.active.take().expect("checked").seg;
             self.maybe_delete(seg);
         }
@@ -478,5 +566,163 @@ impl Writer {
         }
         self.done_dirty = false;
         self.last_done_sync = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::message::{QueueId, Recipient, Route};
+
+    fn envelope(n: usize) -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            received_at: 0,
+            connector: "Default".into(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            helo: "c.test".into(),
+            mail_from: format!("s{n}@a.test"),
+            body: None,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            recipients: vec![
+                Recipient {
+                    address: "a@b.test".into(),
+                    route: Route::Mailbox {
+                        name: "m".into(),
+                        discard: false,
+                    },
+                    notify: None,
+                    orcpt: None,
+                },
+                Recipient {
+                    address: "c@b.test".into(),
+                    route: Route::Mailbox {
+                        name: "m".into(),
+                        discard: false,
+                    },
+                    notify: None,
+                    orcpt: None,
+                },
+            ],
+        }
+    }
+
+    fn write_three(dir: &Path) -> Vec<Location> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (j, rec, _) = Journal::open(dir, 1 << 20).unwrap();
+        assert!(rec.is_empty());
+        let locs = rt.block_on(async {
+            let mut v = Vec::new();
+            for n in 0..3 {
+                v.push(
+                    j.append(encode(&envelope(n), format!("message {n}\r\n").as_bytes()))
+                        .await
+                        .unwrap(),
+                );
+            }
+            j.sync().await;
+            v
+        });
+        locs
+    }
+
+    #[test]
+    fn recovers_unfinished_and_skips_finished_recipients() {
+        let dir = tempfile::tempdir().unwrap();
+        let locs = write_three(dir.path());
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let (j, rec, _) = Journal::open(dir.path(), 1 << 20).unwrap();
+            assert_eq!(rec.len(), 3);
+            j.mark_done(locs[0], vec![0, 1], true);
+            j.mark_done(locs[1], vec![1], false);
+            rt.block_on(j.sync());
+        }
+        let (_, rec, report) = Journal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(report.messages, 3);
+        assert_eq!(rec.len(), 2);
+        assert_eq!(rec[0].location, locs[1]);
+        assert_eq!(rec[0].done, HashSet::from([1]));
+        assert_eq!(rec[1].envelope.mail_from, "s2@a.test");
+    }
+
+    #[test]
+    fn torn_tail_is_discarded_and_the_rest_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        write_three(dir.path());
+        let seg = segment_path(dir.path(), 1, "log");
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
+        let (_, rec, report) = Journal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rec.len(), 2);
+        assert_eq!(report.torn_tails, 1);
+        assert_eq!(report.quarantined, 0);
+    }
+
+    #[test]
+    fn corrupt_record_is_quarantined_never_delivered_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let locs = write_three(dir.path());
+        let seg = segment_path(dir.path(), 1, "log");
+        let mut bytes = fs::read(&seg).unwrap();
+        // Flip a byte inside the second record's message text.
+        let at = locs[2].offset as usize - 4;
+        bytes[at] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let (j, rec, report) = Journal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(report.quarantined, 1);
+        assert_eq!(
+            rec.iter()
+                .map(|r| r.envelope.mail_from.as_str())
+                .collect::<Vec<_>>(),
+            ["s0@a.test", "s2@a.test"]
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("quarantine")).unwrap().count(),
+            1
+        );
+        let (_, msg) = j.read_message(rec[1].location).unwrap();
+        assert_eq!(msg, b"message 2\r\n");
+    }
+
+    #[test]
+    fn garbage_in_a_segment_does_not_stop_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        write_three(dir.path());
+        let seg = segment_path(dir.path(), 1, "log");
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes.extend_from_slice(&[0x55; 64]);
+        fs::write(&seg, &bytes).unwrap();
+        let (_, rec, report) = Journal::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(rec.len(), 3);
+        assert_eq!(report.quarantined, 1);
+    }
+
+    #[test]
+    fn finished_sealed_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Tiny segment size: every append seals its segment.
+        let (j, _, _) = Journal::open(dir.path(), 1).unwrap();
+        let loc = rt
+            .block_on(j.append(encode(&envelope(0), b"m\r\n")))
+            .unwrap();
+        j.mark_done(loc, vec![0, 1], true);
+        rt.block_on(j.sync());
+        assert!(!segment_path(dir.path(), loc.segment, "log").exists());
+        assert!(!segment_path(dir.path(), loc.segment, "done").exists());
     }
 }

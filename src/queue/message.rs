@@ -17,7 +17,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 impl QueueId {
     pub fn generate() -> QueueId {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         let floor = (now_ms & ((1 << 44) - 1)) << 20;
         // Never go below the wall clock (so restarts do not reuse IDs) and
         // never repeat within the process.
@@ -83,6 +86,10 @@ mod tests {
         let b = QueueId::generate();
         assert!(b > a);
         assert_eq!(a.to_string().len(), 16);
-        assert!(a.to_string().chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()));
+        assert!(
+            a.to_string()
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+        );
     }
 }

@@ -80,7 +80,8 @@ impl Queue {
     /// Opens the journal, recovers unfinished messages and starts the
     /// scheduler. Needs a Tokio runtime.
     pub fn start(settings: QueueSettings) -> Result<Queue, StorageError> {
-        let (journal, recovered, report) = Journal::open(&settings.queue_dir, settings.segment_size)?;
+        let (journal, recovered, report) =
+            Journal::open(&settings.queue_dir, settings.segment_size)?;
         tracing::info!(
             segments = report.segments,
             messages = report.messages,
@@ -91,11 +92,22 @@ impl Queue {
         );
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Queue {
-            inner: Arc::new(Inner { journal, jobs: tx, stats: QueueStats::default(), settings }),
+            inner: Arc::new(Inner {
+                journal,
+                jobs: tx,
+                stats: QueueStats::default(),
+                settings,
+            }),
         };
         for r in recovered {
             queue.inner.stats.pending.fetch_add(1, Ordering::Relaxed);
-            queue.enqueue(Job { location: r.location, envelope: Arc::new(r.envelope), data: None, done: r.done, attempts: 0 });
+            queue.enqueue(Job {
+                location: r.location,
+                envelope: Arc::new(r.envelope),
+                data: None,
+                done: r.done,
+                attempts: 0,
+            });
         }
         tokio::spawn(queue.clone().schedule(rx));
         Ok(queue)
@@ -108,7 +120,13 @@ impl Queue {
         let location = self.inner.journal.append(record).await?;
         self.inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.inner.stats.pending.fetch_add(1, Ordering::Relaxed);
-        self.enqueue(Job { location, envelope: Arc::new(envelope), data: Some(Arc::new(message)), done: HashSet::new(), attempts: 0 });
+        self.enqueue(Job {
+            location,
+            envelope: Arc::new(envelope),
+            data: Some(Arc::new(message)),
+            done: HashSet::new(),
+            attempts: 0,
+        });
         Ok(())
     }
 
@@ -135,7 +153,9 @@ impl Queue {
     async fn schedule(self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let workers = Arc::new(Semaphore::new(self.inner.settings.delivery_workers.max(1)));
         while let Some(job) = rx.recv().await {
-            let Ok(permit) = workers.clone().acquire_owned().await else { break };
+            let Ok(permit) = workers.clone().acquire_owned().await else {
+                break;
+            };
             let queue = self.clone();
             tokio::spawn(async move {
                 let q = queue.clone();
@@ -144,7 +164,9 @@ impl Queue {
                 match outcome {
                     Ok(Some(retry)) => queue.retry_later(retry),
                     Ok(None) => {}
-                    Err(e) => tracing::error!(error = %e, "delivery worker failed; the message stays queued and is retried after a restart"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "delivery worker failed; the message stays queued and is retried after a restart")
+                    }
                 }
             });
         }
@@ -186,7 +208,10 @@ impl Queue {
                 continue;
             }
             match &r.route {
-                Route::Mailbox { name, discard } => by_mailbox.entry((name.as_str(), *discard)).or_default().push(i),
+                Route::Mailbox { name, discard } => by_mailbox
+                    .entry((name.as_str(), *discard))
+                    .or_default()
+                    .push(i),
                 Route::Relay { domain } => {
                     held += 1;
                     if job.attempts == 0 {
@@ -201,7 +226,9 @@ impl Queue {
             let result = if discard {
                 Ok(None)
             } else {
-                Maildir::open(&s.mail_dir.join(name)).and_then(|md| md.deliver(&job.envelope.mail_from, &s.hostname, &data)).map(Some)
+                Maildir::open(&s.mail_dir.join(name))
+                    .and_then(|md| md.deliver(&job.envelope.mail_from, &s.hostname, &data))
+                    .map(Some)
             };
             match result {
                 Ok(path) => {
@@ -214,11 +241,16 @@ impl Queue {
                 }
             }
         }
-        self.inner.stats.delivered.fetch_add(delivered.len() as u64, Ordering::Relaxed);
+        self.inner
+            .stats
+            .delivered
+            .fetch_add(delivered.len() as u64, Ordering::Relaxed);
         job.done.extend(delivered.iter().copied());
         let finished = job.done.len() == job.envelope.recipients.len();
         if !delivered.is_empty() || finished {
-            self.inner.journal.mark_done(job.location, delivered, finished);
+            self.inner
+                .journal
+                .mark_done(job.location, delivered, finished);
         }
         if finished {
             self.inner.stats.pending.fetch_sub(1, Ordering::Relaxed);

@@ -95,12 +95,17 @@ pub enum Path {
 }
 
 fn is_atext(c: char, utf8: bool) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (utf8 && !c.is_ascii() && !c.is_control())
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        || (utf8 && !c.is_ascii() && !c.is_control())
 }
 
 /// Parses a whole `<path>`. `utf8` allows RFC 6531 UTF-8 addresses.
 pub fn parse_path(s: &str, utf8: bool) -> Result<Path, PathError> {
-    let inner = s.strip_prefix('<').and_then(|r| r.strip_suffix('>')).ok_or(PathError::MissingBrackets)?;
+    let inner = s
+        .strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .ok_or(PathError::MissingBrackets)?;
     if inner.len() > 256 {
         return Err(PathError::PathTooLong);
     }
@@ -171,22 +176,39 @@ pub fn parse_mailbox(s: &str, utf8: bool) -> Result<Mailbox, PathError> {
     if local.len() > 64 {
         return Err(PathError::LocalTooLong);
     }
-    Ok(Mailbox { local: local.to_string(), domain: parse_domain(domain, utf8)? })
+    Ok(Mailbox {
+        local: local.to_string(),
+        domain: parse_domain(domain, utf8)?,
+    })
 }
 
 fn parse_domain(d: &str, utf8: bool) -> Result<Domain, PathError> {
     if let Some(lit) = d.strip_prefix('[') {
-        let lit = lit.strip_suffix(']').ok_or_else(|| PathError::BadLiteral(d.into()))?;
-        let ok = if let Some(v6) = lit.strip_prefix("IPv6:").or_else(|| lit.strip_prefix("ipv6:")) {
+        let lit = lit
+            .strip_suffix(']')
+            .ok_or_else(|| PathError::BadLiteral(d.into()))?;
+        let ok = if let Some(v6) = lit
+            .strip_prefix("IPv6:")
+            .or_else(|| lit.strip_prefix("ipv6:"))
+        {
             v6.parse::<std::net::Ipv6Addr>().is_ok()
         } else {
             lit.parse::<std::net::Ipv4Addr>().is_ok()
         };
-        return if ok { Ok(Domain::Literal(lit.to_string())) } else { Err(PathError::BadLiteral(lit.into())) };
+        return if ok {
+            Ok(Domain::Literal(lit.to_string()))
+        } else {
+            Err(PathError::BadLiteral(lit.into()))
+        };
     }
     if utf8 && !d.is_ascii() {
         // U-labels: check structure, leave IDNA conversion to delivery.
-        if d.is_empty() || d.split('.').any(|l| l.is_empty() || l.len() > 63) || d.contains(|c: char| c.is_whitespace() || c.is_control() || "@[]<>\\\",;:".contains(c)) {
+        if d.is_empty()
+            || d.split('.').any(|l| l.is_empty() || l.len() > 63)
+            || d.contains(|c: char| {
+                c.is_whitespace() || c.is_control() || "@[]<>\\\",;:".contains(c)
+            })
+        {
             return Err(PathError::BadDomain(d.into()));
         }
         return Ok(Domain::Name(d.to_lowercase()));
@@ -227,18 +249,30 @@ mod tests {
         assert!(mb("<bob%far.test@example.test>").has_routing_chars());
         assert!(mb("<far.test!bob@example.test>").has_routing_chars());
         assert!(mb("<\"bob@far.test\"@example.test>").has_routing_chars());
-        assert_eq!(parse_path("<bob@far.test@example.test>", false), Err(PathError::BadLocalChar('@')));
+        assert_eq!(
+            parse_path("<bob@far.test@example.test>", false),
+            Err(PathError::BadLocalChar('@'))
+        );
         assert!(parse_path("<bob@example.test.>", false).is_err());
         assert!(parse_path("bob@example.test", false).is_err());
         assert!(parse_path("<bob..x@example.test>", false).is_err());
         assert!(parse_path("<bob@[300.1.1.1]>", false).is_err());
-        assert_eq!(mb("<bob@[192.0.2.1]>").domain, Domain::Literal("192.0.2.1".into()));
-        assert_eq!(mb("<bob@[IPv6:::1]>").domain, Domain::Literal("IPv6:::1".into()));
+        assert_eq!(
+            mb("<bob@[192.0.2.1]>").domain,
+            Domain::Literal("192.0.2.1".into())
+        );
+        assert_eq!(
+            mb("<bob@[IPv6:::1]>").domain,
+            Domain::Literal("IPv6:::1".into())
+        );
     }
 
     #[test]
     fn utf8_needs_smtputf8() {
-        assert_eq!(parse_path("<jösé@example.test>", false), Err(PathError::NeedsUtf8));
+        assert_eq!(
+            parse_path("<jösé@example.test>", false),
+            Err(PathError::NeedsUtf8)
+        );
         assert!(parse_path("<jösé@example.test>", true).is_ok());
     }
 }

@@ -74,14 +74,30 @@ pub fn parse(line: &str, utf8_tx: bool) -> Result<Command, Reply> {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
     };
-    let no_args = |cmd: Command| if rest.trim().is_empty() { Ok(cmd) } else { Err(Reply::syntax(&format!("{} takes no arguments", verb.to_ascii_uppercase()))) };
+    let no_args = |cmd: Command| {
+        if rest.trim().is_empty() {
+            Ok(cmd)
+        } else {
+            Err(Reply::syntax(&format!(
+                "{} takes no arguments",
+                verb.to_ascii_uppercase()
+            )))
+        }
+    };
     match verb.to_ascii_uppercase().as_str() {
         "EHLO" | "HELO" => {
             let name = rest.trim();
             if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(Reply::syntax(&format!("{} needs exactly one argument, your host name", verb.to_ascii_uppercase())));
+                return Err(Reply::syntax(&format!(
+                    "{} needs exactly one argument, your host name",
+                    verb.to_ascii_uppercase()
+                )));
             }
-            Ok(if verb.eq_ignore_ascii_case("EHLO") { Command::Ehlo(name.into()) } else { Command::Helo(name.into()) })
+            Ok(if verb.eq_ignore_ascii_case("EHLO") {
+                Command::Ehlo(name.into())
+            } else {
+                Command::Helo(name.into())
+            })
         }
         "MAIL" => parse_mail(rest),
         "RCPT" => parse_rcpt(rest, utf8_tx),
@@ -132,10 +148,12 @@ fn split_path<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
 }
 
 fn params(s: &str) -> impl Iterator<Item = (String, Option<&str>)> {
-    s.split(' ').filter(|p| !p.is_empty()).map(|p| match p.split_once('=') {
-        Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
-        None => (p.to_ascii_uppercase(), None),
-    })
+    s.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
+            None => (p.to_ascii_uppercase(), None),
+        })
 }
 
 /// RFC 3461 §4: xtext is printable ASCII except `+` and `=`, with `+XX`
@@ -146,7 +164,9 @@ fn valid_xtext(v: &str) -> bool {
     while i < b.len() {
         match b[i] {
             b'+' => {
-                if !(b.get(i + 1).is_some_and(|c| c.is_ascii_hexdigit()) && b.get(i + 2).is_some_and(|c| c.is_ascii_hexdigit())) {
+                if !(b.get(i + 1).is_some_and(|c| c.is_ascii_hexdigit())
+                    && b.get(i + 2).is_some_and(|c| c.is_ascii_hexdigit()))
+                {
                     return false;
                 }
                 i += 3;
@@ -166,17 +186,34 @@ fn path_error_mail(e: PathError) -> Reply {
 }
 
 fn parse_mail(rest: &str) -> Result<Command, Reply> {
-    let (path, ps) = split_path(rest, "FROM:").ok_or_else(|| Reply::syntax("use MAIL FROM:<address>"))?;
-    let mut m = MailFrom { path: Path::Null, size: None, body: None, smtputf8: false, ret: None, envid: None };
+    let (path, ps) =
+        split_path(rest, "FROM:").ok_or_else(|| Reply::syntax("use MAIL FROM:<address>"))?;
+    let mut m = MailFrom {
+        path: Path::Null,
+        size: None,
+        body: None,
+        smtputf8: false,
+        ret: None,
+        envid: None,
+    };
     let mut seen = std::collections::HashSet::new();
     for (k, v) in params(ps) {
         if !seen.insert(k.clone()) {
             return Err(Reply::syntax(&format!("parameter {k} given twice")));
         }
         match (k.as_str(), v) {
-            ("SIZE", Some(v)) => m.size = Some(v.parse().map_err(|_| Reply::syntax("SIZE must be a number of octets"))?),
-            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => m.body = Some(BodyType::SevenBit),
-            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => m.body = Some(BodyType::EightBitMime),
+            ("SIZE", Some(v)) => {
+                m.size = Some(
+                    v.parse()
+                        .map_err(|_| Reply::syntax("SIZE must be a number of octets"))?,
+                )
+            }
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => {
+                m.body = Some(BodyType::SevenBit)
+            }
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
+                m.body = Some(BodyType::EightBitMime)
+            }
             ("SMTPUTF8", None) => m.smtputf8 = true,
             ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => m.ret = Some(Ret::Full),
             ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => m.ret = Some(Ret::Hdrs),
@@ -189,15 +226,22 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
 }
 
 fn parse_rcpt(rest: &str, utf8_tx: bool) -> Result<Command, Reply> {
-    let (path, ps) = split_path(rest, "TO:").ok_or_else(|| Reply::syntax("use RCPT TO:<address>"))?;
+    let (path, ps) =
+        split_path(rest, "TO:").ok_or_else(|| Reply::syntax("use RCPT TO:<address>"))?;
     let path = parse_path(path, utf8_tx).map_err(|e| match e {
         PathError::NeedsUtf8 => Reply::utf8_needs_smtputf8(),
         e => Reply::bad_recipient_syntax(&e.to_string()),
     })?;
     if path == Path::Null {
-        return Err(Reply::bad_recipient_syntax("the null path <> is not a recipient"));
+        return Err(Reply::bad_recipient_syntax(
+            "the null path <> is not a recipient",
+        ));
     }
-    let mut r = RcptTo { path, notify: None, orcpt: None };
+    let mut r = RcptTo {
+        path,
+        notify: None,
+        orcpt: None,
+    };
     let mut seen = std::collections::HashSet::new();
     for (k, v) in params(ps) {
         if !seen.insert(k.clone()) {
@@ -212,16 +256,24 @@ fn parse_rcpt(rest: &str, utf8_tx: bool) -> Result<Command, Reply> {
                         "SUCCESS" => n.success = true,
                         "FAILURE" => n.failure = true,
                         "DELAY" => n.delay = true,
-                        _ => return Err(Reply::syntax("NOTIFY takes NEVER or SUCCESS,FAILURE,DELAY")),
+                        _ => {
+                            return Err(Reply::syntax(
+                                "NOTIFY takes NEVER or SUCCESS,FAILURE,DELAY",
+                            ));
+                        }
                     }
                 }
                 if n.never && (n.success || n.failure || n.delay) {
-                    return Err(Reply::syntax("NOTIFY=NEVER cannot be combined with other values"));
+                    return Err(Reply::syntax(
+                        "NOTIFY=NEVER cannot be combined with other values",
+                    ));
                 }
                 r.notify = Some(n);
             }
             ("ORCPT", Some(v)) => {
-                let (kind, addr) = v.split_once(';').ok_or_else(|| Reply::syntax("ORCPT must be addr-type;xtext"))?;
+                let (kind, addr) = v
+                    .split_once(';')
+                    .ok_or_else(|| Reply::syntax("ORCPT must be addr-type;xtext"))?;
                 if kind.is_empty() || v.len() > 500 || !valid_xtext(addr) {
                     return Err(Reply::syntax("ORCPT must be addr-type;xtext"));
                 }
@@ -237,7 +289,13 @@ fn parse_bdat(rest: &str) -> Result<Command, Reply> {
     let mut it = rest.split(' ').filter(|s| !s.is_empty());
     let size = it
         .next()
-        .and_then(|s| if s.bytes().all(|b| b.is_ascii_digit()) && s.len() <= 18 { s.parse().ok() } else { None })
+        .and_then(|s| {
+            if s.bytes().all(|b| b.is_ascii_digit()) && s.len() <= 18 {
+                s.parse().ok()
+            } else {
+                None
+            }
+        })
         .ok_or_else(|| Reply::syntax("BDAT needs a chunk size in octets"))?;
     let last = match it.next() {
         None => false,
@@ -257,7 +315,13 @@ mod tests {
 
     #[test]
     fn mail_with_all_parameters() {
-        let Command::Mail(m) = parse("mail from:<a@b.test> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=QQ+2B1", false).unwrap() else { panic!() };
+        let Command::Mail(m) = parse(
+            "mail from:<a@b.test> SIZE=1000 BODY=8BITMIME RET=HDRS ENVID=QQ+2B1",
+            false,
+        )
+        .unwrap() else {
+            panic!()
+        };
         assert_eq!(m.size, Some(1000));
         assert_eq!(m.body, Some(BodyType::EightBitMime));
         assert_eq!(m.ret, Some(Ret::Hdrs));
@@ -266,36 +330,81 @@ mod tests {
 
     #[test]
     fn space_after_colon_is_tolerated() {
-        assert!(matches!(parse("MAIL FROM: <a@b.test>", false), Ok(Command::Mail(_))));
+        assert!(matches!(
+            parse("MAIL FROM: <a@b.test>", false),
+            Ok(Command::Mail(_))
+        ));
     }
 
     #[test]
     fn malformed_paths_get_501() {
-        for line in ["MAIL FROM:a@b.test", "MAIL FROM:<a@>", "MAIL FROM:<@b.test>", "RCPT TO:<a b@c.test>", "RCPT TO:<>", "RCPT TO:<x@y.test>garbage"] {
+        for line in [
+            "MAIL FROM:a@b.test",
+            "MAIL FROM:<a@>",
+            "MAIL FROM:<@b.test>",
+            "RCPT TO:<a b@c.test>",
+            "RCPT TO:<>",
+            "RCPT TO:<x@y.test>garbage",
+        ] {
             let e = parse(line, false).unwrap_err();
             assert_eq!(e.code, 501, "{line}: {e:?}");
         }
-        assert_eq!(parse("MAIL FROM:<a@>", false).unwrap_err().status, Some("5.1.7"));
-        assert_eq!(parse("RCPT TO:<a@>", false).unwrap_err().status, Some("5.1.3"));
+        assert_eq!(
+            parse("MAIL FROM:<a@>", false).unwrap_err().status,
+            Some("5.1.7")
+        );
+        assert_eq!(
+            parse("RCPT TO:<a@>", false).unwrap_err().status,
+            Some("5.1.3")
+        );
     }
 
     #[test]
     fn unknown_parameter_gets_555() {
-        assert_eq!(parse("MAIL FROM:<a@b.test> FOO=1", false).unwrap_err().code, 555);
-        assert_eq!(parse("RCPT TO:<a@b.test> BAR", false).unwrap_err().code, 555);
+        assert_eq!(
+            parse("MAIL FROM:<a@b.test> FOO=1", false).unwrap_err().code,
+            555
+        );
+        assert_eq!(
+            parse("RCPT TO:<a@b.test> BAR", false).unwrap_err().code,
+            555
+        );
     }
 
     #[test]
     fn rcpt_dsn_parameters() {
-        let Command::Rcpt(r) = parse("RCPT TO:<a@b.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@b.test", false).unwrap() else { panic!() };
+        let Command::Rcpt(r) = parse(
+            "RCPT TO:<a@b.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@b.test",
+            false,
+        )
+        .unwrap() else {
+            panic!()
+        };
         assert!(r.notify.unwrap().success && r.notify.unwrap().failure);
-        assert_eq!(parse("RCPT TO:<a@b.test> NOTIFY=NEVER,SUCCESS", false).unwrap_err().code, 501);
+        assert_eq!(
+            parse("RCPT TO:<a@b.test> NOTIFY=NEVER,SUCCESS", false)
+                .unwrap_err()
+                .code,
+            501
+        );
     }
 
     #[test]
     fn bdat_forms() {
-        assert_eq!(parse("BDAT 100 LAST", false), Ok(Command::Bdat { size: 100, last: true }));
-        assert_eq!(parse("BDAT 0", false), Ok(Command::Bdat { size: 0, last: false }));
+        assert_eq!(
+            parse("BDAT 100 LAST", false),
+            Ok(Command::Bdat {
+                size: 100,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse("BDAT 0", false),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
         assert!(parse("BDAT -1", false).is_err());
         assert!(parse("BDAT 1 LAST x", false).is_err());
     }

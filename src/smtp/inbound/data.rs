@@ -47,7 +47,15 @@ pub struct DataReceiver {
 
 impl DataReceiver {
     pub fn new(max: u64) -> Self {
-        DataReceiver { state: State::LineStart, body: Vec::with_capacity(4096), size: 0, max, line: 1, violation: None, done: false }
+        DataReceiver {
+            state: State::LineStart,
+            body: Vec::with_capacity(4096),
+            size: 0,
+            max,
+            line: 1,
+            violation: None,
+            done: false,
+        }
     }
 
     fn violate(&mut self, v: Violation) {
@@ -68,9 +76,15 @@ impl DataReceiver {
         while i < input.len() && !self.done {
             let b = input[i];
             match self.state {
-                State::Mid | State::LineStart if !matches!(b, b'\r' | b'\n' | 0) && !(self.state == State::LineStart && b == b'.') => {
+                State::Mid | State::LineStart
+                    if !matches!(b, b'\r' | b'\n' | 0)
+                        && !(self.state == State::LineStart && b == b'.') =>
+                {
                     // Fast path: copy up to the next special byte.
-                    let end = input[i..].iter().position(|c| matches!(c, b'\r' | b'\n' | 0)).map_or(input.len(), |p| i + p);
+                    let end = input[i..]
+                        .iter()
+                        .position(|c| matches!(c, b'\r' | b'\n' | 0))
+                        .map_or(input.len(), |p| i + p);
                     self.push(&input[i..end]);
                     self.state = State::Mid;
                     i = end;
@@ -169,7 +183,11 @@ pub struct LineEndingCheck {
 
 impl LineEndingCheck {
     pub fn new() -> Self {
-        LineEndingCheck { pending_cr: false, line: 1, violation: None }
+        LineEndingCheck {
+            pending_cr: false,
+            line: 1,
+            violation: None,
+        }
     }
 
     pub fn scan(&mut self, chunk: &[u8]) {
@@ -197,7 +215,11 @@ impl LineEndingCheck {
 
     /// The verdict once the last chunk is in.
     pub fn finish(&self) -> Option<Violation> {
-        self.violation.or(if self.pending_cr { Some(Violation::BareCr { line: self.line }) } else { None })
+        self.violation.or(if self.pending_cr {
+            Some(Violation::BareCr { line: self.line })
+        } else {
+            None
+        })
     }
 }
 
@@ -254,9 +276,19 @@ mod tests {
 
     #[test]
     fn smuggling_variants_do_not_end_the_message() {
-        for bad in [&b"a\n.\nMAIL FROM:<x@y>\r\n"[..], b"a\r.\rMAIL", b"a\n.\r\nMAIL", b"a\r\n.\nMAIL", b"a\r\n.\r MAIL"] {
+        for bad in [
+            &b"a\n.\nMAIL FROM:<x@y>\r\n"[..],
+            b"a\r.\rMAIL",
+            b"a\n.\r\nMAIL",
+            b"a\r\n.\nMAIL",
+            b"a\r\n.\r MAIL",
+        ] {
             let (r, _) = receive(&[bad]);
-            assert!(!r.is_done(), "{:?} ended the message", String::from_utf8_lossy(bad));
+            assert!(
+                !r.is_done(),
+                "{:?} ended the message",
+                String::from_utf8_lossy(bad)
+            );
             assert!(r.violation().is_some());
         }
     }

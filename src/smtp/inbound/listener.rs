@@ -42,7 +42,11 @@ impl Drop for IpSlot {
 
 impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(ConnectionLimits { total: Arc::new(Semaphore::new(max_total)), per_ip: Mutex::new(HashMap::new()), max_per_ip })
+        Arc::new(ConnectionLimits {
+            total: Arc::new(Semaphore::new(max_total)),
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip,
+        })
     }
 
     fn take_ip(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
@@ -52,12 +56,19 @@ impl ConnectionLimits {
             return None;
         }
         *n += 1;
-        Some(IpSlot { limits: self.clone(), ip })
+        Some(IpSlot {
+            limits: self.clone(),
+            ip,
+        })
     }
 }
 
 /// Runs one accept loop until the process ends.
-pub async fn accept_loop(listener: TcpListener, ctx: Arc<ConnectorContext>, limits: Arc<ConnectionLimits>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ConnectorContext>,
+    limits: Arc<ConnectionLimits>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -83,7 +94,9 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ConnectorContext>, limi
             refuse(stream, Reply::too_many_connections_from_ip(&ctx.fqdn));
             continue;
         };
-        let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let session_ctx = ctx.clone();
         ctx.shutdown.sessions.spawn(async move {
             Session::new(session_ctx, stream, peer, local).run().await;

@@ -30,31 +30,60 @@ pub struct AcceptancePolicy {
 
 impl AcceptancePolicy {
     pub fn from_config(cfg: &Config) -> Self {
-        let domains = cfg.accepted_domain.iter().map(|d| (d.domain.get_ref().to_string(), d.kind)).collect();
+        let domains = cfg
+            .accepted_domain
+            .iter()
+            .map(|d| (d.domain.get_ref().to_string(), d.kind))
+            .collect();
         let mut addresses = HashMap::new();
         for m in &cfg.mailbox {
             for a in &m.addresses {
-                addresses.insert(a.get_ref().to_lowercase(), (m.name.get_ref().clone(), m.delivery == DeliveryMethod::Discard));
+                addresses.insert(
+                    a.get_ref().to_lowercase(),
+                    (
+                        m.name.get_ref().clone(),
+                        m.delivery == DeliveryMethod::Discard,
+                    ),
+                );
             }
         }
         let mut postmaster_keys = vec![format!("postmaster@{}", cfg.server.hostname.get_ref())];
         postmaster_keys.extend(
-            cfg.accepted_domain.iter().filter(|d| d.kind == DomainType::Authoritative).map(|d| format!("postmaster@{}", d.domain.get_ref())),
+            cfg.accepted_domain
+                .iter()
+                .filter(|d| d.kind == DomainType::Authoritative)
+                .map(|d| format!("postmaster@{}", d.domain.get_ref())),
         );
-        AcceptancePolicy { domains, addresses, postmaster_keys }
+        AcceptancePolicy {
+            domains,
+            addresses,
+            postmaster_keys,
+        }
     }
 
     fn local(&self, key: &str, domain: &str) -> Option<Route> {
         self.addresses
             .get(key)
             .or_else(|| self.addresses.get(&format!("@{domain}")))
-            .map(|(name, discard)| Route::Mailbox { name: name.clone(), discard: *discard })
+            .map(|(name, discard)| Route::Mailbox {
+                name: name.clone(),
+                discard: *discard,
+            })
     }
 
     /// Decides on one RCPT TO path.
-    pub fn recipient(&self, path: &Path, client: IpAddr, relay_networks: &[Cidr]) -> Result<(String, Route), Reply> {
+    pub fn recipient(
+        &self,
+        path: &Path,
+        client: IpAddr,
+        relay_networks: &[Cidr],
+    ) -> Result<(String, Route), Reply> {
         let mailbox: &Mailbox = match path {
-            Path::Null => return Err(Reply::bad_recipient_syntax("the null path <> is not a recipient")),
+            Path::Null => {
+                return Err(Reply::bad_recipient_syntax(
+                    "the null path <> is not a recipient",
+                ));
+            }
             Path::Postmaster => {
                 for key in &self.postmaster_keys {
                     let domain = key.split_once('@').map(|x| x.1).unwrap_or_default();
@@ -78,11 +107,20 @@ impl AcceptancePolicy {
                     .local(&mailbox.lookup_key(), d)
                     .map(|r| (mailbox.to_string(), r))
                     .ok_or_else(|| Reply::unknown_user(&mailbox.to_string())),
-                Some(DomainType::Relay) => Ok((mailbox.to_string(), Route::Relay { domain: d.clone() })),
-                None if relay_allowed => Ok((mailbox.to_string(), Route::Relay { domain: d.clone() })),
+                Some(DomainType::Relay) => {
+                    Ok((mailbox.to_string(), Route::Relay { domain: d.clone() }))
+                }
+                None if relay_allowed => {
+                    Ok((mailbox.to_string(), Route::Relay { domain: d.clone() }))
+                }
                 None => Err(Reply::relay_denied(d, &client.to_string())),
             },
-            Domain::Literal(l) if relay_allowed => Ok((mailbox.to_string(), Route::Relay { domain: format!("[{l}]") })),
+            Domain::Literal(l) if relay_allowed => Ok((
+                mailbox.to_string(),
+                Route::Relay {
+                    domain: format!("[{l}]"),
+                },
+            )),
             Domain::Literal(l) => Err(Reply::relay_denied(&format!("[{l}]"), &client.to_string())),
         }
     }
@@ -95,18 +133,35 @@ mod tests {
     use crate::smtp::address::parse_path;
 
     fn policy() -> AcceptancePolicy {
-        let text = format!("{}\n[[accepted_domain]]\ndomain = \"relay.test\"\ntype = \"relay\"\n", crate::config::DEFAULT_CONFIG);
-        let cfg = Config::from_source(&ConfigSource { name: "t".into(), text }).unwrap();
+        let text = format!(
+            "{}\n[[accepted_domain]]\ndomain = \"relay.test\"\ntype = \"relay\"\n",
+            crate::config::DEFAULT_CONFIG
+        );
+        let cfg = Config::from_source(&ConfigSource {
+            name: "t".into(),
+            text,
+        })
+        .unwrap();
         AcceptancePolicy::from_config(&cfg)
     }
     fn decide(p: &AcceptancePolicy, addr: &str, nets: &[Cidr]) -> Result<(String, Route), Reply> {
-        p.recipient(&parse_path(addr, false).unwrap(), "127.0.0.1".parse().unwrap(), nets)
+        p.recipient(
+            &parse_path(addr, false).unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            nets,
+        )
     }
 
     #[test]
     fn catch_all_takes_any_local_part() {
         let (_, r) = decide(&policy(), "<Anyone@Example.Test>", &[]).unwrap();
-        assert_eq!(r, Route::Mailbox { name: "catchall".into(), discard: false });
+        assert_eq!(
+            r,
+            Route::Mailbox {
+                name: "catchall".into(),
+                discard: false
+            }
+        );
     }
 
     #[test]
@@ -120,17 +175,27 @@ mod tests {
     #[test]
     fn relay_networks_may_relay() {
         let nets = ["127.0.0.0/8".parse().unwrap()];
-        assert!(matches!(decide(&policy(), "<x@elsewhere.test>", &nets), Ok((_, Route::Relay { .. }))));
+        assert!(matches!(
+            decide(&policy(), "<x@elsewhere.test>", &nets),
+            Ok((_, Route::Relay { .. }))
+        ));
     }
 
     #[test]
     fn relay_domain_is_accepted_for_anyone() {
-        assert!(matches!(decide(&policy(), "<x@relay.test>", &[]), Ok((_, Route::Relay { .. }))));
+        assert!(matches!(
+            decide(&policy(), "<x@relay.test>", &[]),
+            Ok((_, Route::Relay { .. }))
+        ));
     }
 
     #[test]
     fn routing_tricks_are_refused() {
-        for a in ["<x%elsewhere.test@example.test>", "<elsewhere.test!x@example.test>", "<\"x@elsewhere.test\"@example.test>"] {
+        for a in [
+            "<x%elsewhere.test@example.test>",
+            "<elsewhere.test!x@example.test>",
+            "<\"x@elsewhere.test\"@example.test>",
+        ] {
             let e = decide(&policy(), a, &[]).unwrap_err();
             assert_eq!((e.code, e.status), (550, Some("5.7.1")), "{a}");
         }

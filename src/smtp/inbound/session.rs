@@ -90,7 +90,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<ConnectorContext>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) -> Session {
+    pub fn new(
+        ctx: Arc<ConnectorContext>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Session {
         let log = ctx.protolog.session(&ctx.connector_id, local, peer);
         let deadline = Instant::now() + ctx.config.connection_timeout.0;
         Session {
@@ -125,7 +130,8 @@ impl Session {
             let line = match input {
                 Input::Line(l) => l,
                 Input::TooLong => {
-                    if let Flow::Close = self.reply_counted(Reply::line_too_long(MAX_COMMAND_LINE)) {
+                    if let Flow::Close = self.reply_counted(Reply::line_too_long(MAX_COMMAND_LINE))
+                    {
                         return Ok(());
                     }
                     continue;
@@ -181,7 +187,10 @@ impl Session {
         if is_error {
             self.errors += 1;
             if self.errors >= self.ctx.config.max_errors {
-                self.log.info(&format!("{} errors", self.errors), "Session dropped: error limit reached");
+                self.log.info(
+                    &format!("{} errors", self.errors),
+                    "Session dropped: error limit reached",
+                );
                 self.reply(Reply::too_many_errors(&self.ctx.fqdn));
                 return Flow::Close;
             }
@@ -196,7 +205,12 @@ impl Session {
         let timeout = self.ctx.config.command_timeout.0;
         match tokio::time::timeout(timeout, self.stream.write_all(&self.wbuf)).await {
             Ok(r) => r?,
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client does not read replies")),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client does not read replies",
+                ));
+            }
         }
         self.wbuf.clear();
         if self.wbuf.capacity() > 4096 {
@@ -207,7 +221,11 @@ impl Session {
 
     /// Reads more input, flushing pending replies first. `phase` picks the
     /// timeout; `interruptible` lets shutdown end an idle wait.
-    async fn fill(&mut self, phase: Duration, interruptible: bool) -> std::io::Result<Option<Input>> {
+    async fn fill(
+        &mut self,
+        phase: Duration,
+        interruptible: bool,
+    ) -> std::io::Result<Option<Input>> {
         self.flush().await?;
         let phase_deadline = Instant::now() + phase;
         let deadline = phase_deadline.min(self.deadline);
@@ -326,7 +344,11 @@ impl Session {
         if m.size.is_some_and(|s| s > max) {
             return self.reply_counted(Reply::size_exceeded(max));
         }
-        self.tx = Some(Transaction { mail: m, recipients: Vec::new(), bdat: None });
+        self.tx = Some(Transaction {
+            mail: m,
+            recipients: Vec::new(),
+            bdat: None,
+        });
         self.reply(Reply::sender_ok());
         Flow::Continue
     }
@@ -339,10 +361,19 @@ impl Session {
         if tx.recipients.len() >= max {
             return self.reply_counted(Reply::too_many_recipients(max));
         }
-        match self.ctx.policy.recipient(&r.path, self.peer.ip(), &self.ctx.config.relay_networks) {
+        match self
+            .ctx
+            .policy
+            .recipient(&r.path, self.peer.ip(), &self.ctx.config.relay_networks)
+        {
             Ok((address, route)) => {
                 let tx = self.tx.as_mut().expect("checked above");
-                tx.recipients.push(Recipient { address, route, notify: r.notify, orcpt: r.orcpt });
+                tx.recipients.push(Recipient {
+                    address,
+                    route,
+                    notify: r.notify,
+                    orcpt: r.orcpt,
+                });
                 self.reply(Reply::recipient_ok());
                 Flow::Continue
             }
@@ -353,8 +384,12 @@ impl Session {
     async fn data(&mut self) -> std::io::Result<Flow> {
         match &self.tx {
             None => return Ok(self.reply_counted(Reply::need_mail())),
-            Some(tx) if tx.bdat.is_some() => return Ok(self.reply_counted(Reply::data_after_bdat())),
-            Some(tx) if tx.recipients.is_empty() => return Ok(self.reply_counted(Reply::no_valid_recipients())),
+            Some(tx) if tx.bdat.is_some() => {
+                return Ok(self.reply_counted(Reply::data_after_bdat()));
+            }
+            Some(tx) if tx.recipients.is_empty() => {
+                return Ok(self.reply_counted(Reply::no_valid_recipients()));
+            }
             Some(_) => {}
         }
         self.reply(Reply::start_data());
@@ -394,7 +429,12 @@ impl Session {
             None => Err(Reply::need_mail()),
             Some(tx) if tx.recipients.is_empty() => Err(Reply::no_valid_recipients()),
             Some(tx) => {
-                let b = tx.bdat.get_or_insert_with(|| Bdat { data: Vec::new(), size: 0, check: LineEndingCheck::new(), failed: None });
+                let b = tx.bdat.get_or_insert_with(|| Bdat {
+                    data: Vec::new(),
+                    size: 0,
+                    check: LineEndingCheck::new(),
+                    failed: None,
+                });
                 if b.failed.is_some() {
                     Err(Reply::bdat_failed_earlier())
                 } else if b.size.saturating_add(size) > max {
@@ -440,7 +480,8 @@ impl Session {
         let reply = match b.check.finish() {
             Some(v) => violation_reply(v),
             None => {
-                self.log.info(&format!("{}", b.size), "Message data received (BDAT)");
+                self.log
+                    .info(&format!("{}", b.size), "Message data received (BDAT)");
                 self.commit(tx, b.data).await
             }
         };
@@ -482,7 +523,10 @@ impl Session {
         };
         let envelope = Envelope {
             id,
-            received_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs(),
+            received_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
             connector: self.ctx.name.clone(),
             client_ip: self.peer.ip(),
             helo,
@@ -513,7 +557,10 @@ fn violation_reply(v: Violation) -> Reply {
 
 /// Checks a command line's bytes: UTF-8, no control characters.
 fn check_line(line: &[u8]) -> Result<&str, Reply> {
-    if let Some(b) = line.iter().find(|b| (**b < 0x20 && **b != b'\t') || **b == 0x7f) {
+    if let Some(b) = line
+        .iter()
+        .find(|b| (**b < 0x20 && **b != b'\t') || **b == 0x7f)
+    {
         let what = match b {
             0 => "NUL octet".to_string(),
             b'\r' => "bare CR".to_string(),
@@ -528,6 +575,12 @@ fn check_line(line: &[u8]) -> Result<&str, Reply> {
 fn sanitize_helo(helo: &str) -> String {
     helo.chars()
         .take(255)
-        .map(|c| if c.is_ascii_alphanumeric() || "-._:[]".contains(c) { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._:[]".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
