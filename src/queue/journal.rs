@@ -243,6 +243,9 @@ impl Journal {
 
 type PendingCounts = HashMap<u64, usize>;
 
+/// An append waiting for its commit, with the channel for its answer.
+type PendingAppend = (Vec<u8>, oneshot::Sender<Result<Location, StorageError>>);
+
 /// Scans every segment. Returns the unfinished messages, a report, the
 /// count of unfinished messages per segment and the next segment number.
 fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, RecoveryReport, PendingCounts, u64)> {
@@ -440,7 +443,7 @@ impl Writer {
         Ok(())
     }
 
-    fn commit(&mut self, appends: Vec<(Vec<u8>, oneshot::Sender<Result<Location, StorageError>>)>) {
+    fn commit(&mut self, appends: Vec<PendingAppend>) {
         match self.write_batch(&appends) {
             Ok(locs) => {
                 for ((_, reply), loc) in appends.into_iter().zip(locs) {
@@ -464,7 +467,7 @@ impl Writer {
 
     fn write_batch(
         &mut self,
-        appends: &[(Vec<u8>, oneshot::Sender<Result<Location, StorageError>>)],
+        appends: &[PendingAppend],
     ) -> Result<Vec<Location>, (&'static str, io::Error)> {
         if self.active.is_none() {
             self.open_segment().map_err(|e| ("segment creation", e))?;
@@ -615,7 +618,7 @@ mod tests {
             .unwrap();
         let (j, rec, _) = Journal::open(dir, 1 << 20).unwrap();
         assert!(rec.is_empty());
-        let locs = rt.block_on(async {
+        rt.block_on(async {
             let mut v = Vec::new();
             for n in 0..3 {
                 v.push(
@@ -626,8 +629,7 @@ mod tests {
             }
             j.sync().await;
             v
-        });
-        locs
+        })
     }
 
     #[test]
