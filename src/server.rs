@@ -130,25 +130,23 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
         let limits = ConnectionLimits::new(c.max_connections, c.max_connections_per_ip);
         for addr in &c.listen {
             let addr = *addr.get_ref();
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr,
-                    connector: name.clone(),
-                    hint: match source.kind() {
-                        std::io::ErrorKind::AddrInUse => {
-                            "another process already listens there; stop it or change `listen`"
-                        }
-                        std::io::ErrorKind::PermissionDenied => {
-                            "ports below 1024 need root or CAP_NET_BIND_SERVICE"
-                        }
-                        std::io::ErrorKind::AddrNotAvailable => {
-                            "that IP address is not configured on this host"
-                        }
-                        _ => "check the `listen` address",
-                    },
-                    source,
-                })?;
+            let listener = bind(addr).map_err(|source| StartError::Bind {
+                addr,
+                connector: name.clone(),
+                hint: match source.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "another process already listens there; stop it or change `listen`"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+                    }
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        "that IP address is not configured on this host"
+                    }
+                    _ => "check the `listen` address",
+                },
+                source,
+            })?;
             let bound = listener.local_addr().unwrap_or(addr);
             listeners.push((name.clone(), bound));
             accept_tasks.push(tokio::spawn(accept_loop(
@@ -194,4 +192,20 @@ impl RunningServer {
         self.queue.sync().await;
         self.protolog.flush();
     }
+}
+
+/// Binds a listening socket. IPv6 sockets are v6-only so `0.0.0.0:25` and
+/// `[::]:25` can both be configured; SO_REUSEADDR lets a restarted server
+/// bind while old connections sit in TIME_WAIT.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
 }

@@ -77,7 +77,8 @@ impl DataReceiver {
             let b = input[i];
             match self.state {
                 State::Mid | State::LineStart
-                    if !(matches!(b, b'\r' | b'\n' | 0) || (self.state == State::LineStart && b == b'.')) =>
+                    if !(matches!(b, b'\r' | b'\n' | 0)
+                        || (self.state == State::LineStart && b == b'.')) =>
                 {
                     // Fast path: copy up to the next special byte.
                     let end = input[i..]
