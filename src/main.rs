@@ -89,9 +89,12 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a SIGTERM that arrives as soon as we announce the
+        // listeners must still get a graceful stop.
+        let signals = Signals::install()?;
         let server = gatehouse::server::start(cfg.clone()).await?;
         announce(&source, &cfg, &server);
-        wait_for_signal().await?;
+        signals.wait().await;
         tracing::info!("shutting down: new sessions get 421, open transactions may finish");
         server.shutdown().await;
         tracing::info!("stopped");
@@ -131,13 +134,25 @@ fn announce(source: &ConfigSource, cfg: &Config, server: &gatehouse::server::Run
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, installed before the server starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -117,6 +117,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
                 .unwrap_or_else(|| "Gatehouse ESMTP ready".into()),
             connector_id: format!("{short_host}\\{name}"),
             fqdn,
+            relay_networks: c.relay_networks(),
             config: c.clone(),
             policy: policy.clone(),
             queue: queue.clone(),

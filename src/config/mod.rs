@@ -230,7 +230,9 @@ pub struct ReceiveConnectorConfig {
     pub max_errors: usize,
     /// Networks that may relay to any domain without authenticating.
     #[serde(default)]
-    pub relay_networks: Vec<Cidr>,
+    /// Parsed (and checked) in `validate`, where each element's own span
+    /// is known; read them through `relay_networks()`.
+    pub relay_networks: Vec<Spanned<String>>,
     /// Wait for the next command (RFC 5321 §4.5.3.2 asks for 5 minutes).
     #[serde(default = "default_command_timeout")]
     pub command_timeout: HumanDuration,
@@ -271,6 +273,17 @@ fn default_connection_timeout() -> HumanDuration {
 }
 fn default_true() -> bool {
     true
+}
+
+impl ReceiveConnectorConfig {
+    /// The relay networks, parsed. Invalid entries were refused by
+    /// `Config::validate`, so none are dropped here in a loaded config.
+    pub fn relay_networks(&self) -> Vec<Cidr> {
+        self.relay_networks
+            .iter()
+            .filter_map(|n| n.get_ref().parse().ok())
+            .collect()
+    }
 }
 
 /// Authoritative: we hold the mailboxes. Relay: we accept and pass on.
@@ -382,6 +395,15 @@ impl Config {
                     format!("connector `{}` has no listen addresses", c.name.get_ref()),
                     "add listen = [\"127.0.0.1:2525\"]",
                 );
+            }
+            for n in &c.relay_networks {
+                if let Err(e) = n.get_ref().parse::<Cidr>() {
+                    err(
+                        n.span(),
+                        e,
+                        "write a network as \"192.0.2.0/24\", \"2001:db8::/32\" or a single address",
+                    );
+                }
             }
             for l in &c.listen {
                 if l.get_ref().port() != 0 && !binds.insert(*l.get_ref()) {

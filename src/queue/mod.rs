@@ -76,6 +76,15 @@ pub struct Queue {
     inner: Arc<Inner>,
 }
 
+/// Whether delivering `job` touches the disk (reading the journal or
+/// writing a Maildir), so it must run on a blocking thread.
+fn needs_blocking_io(job: &Job) -> bool {
+    let pending_local = job.envelope.recipients.iter().enumerate().any(|(i, r)| {
+        !job.done.contains(&(i as u32)) && matches!(r.route, Route::Mailbox { discard: false, .. })
+    });
+    pending_local || job.data.is_none()
+}
+
 impl Queue {
     /// Opens the journal, recovers unfinished messages and starts the
     /// scheduler. Needs a Tokio runtime.
@@ -153,6 +162,14 @@ impl Queue {
     async fn schedule(self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let workers = Arc::new(Semaphore::new(self.inner.settings.delivery_workers.max(1)));
         while let Some(job) = rx.recv().await {
+            if !needs_blocking_io(&job) {
+                // Nothing to read or write (discard-only, or held): no
+                // thread hop for it.
+                if let Some(retry) = self.deliver(job) {
+                    self.retry_later(retry);
+                }
+                continue;
+            }
             let Ok(permit) = workers.clone().acquire_owned().await else {
                 break;
             };

@@ -227,3 +227,32 @@ impl Client {
         )
     }
 }
+
+// ----- helpers added for limits.rs, relay.rs, protocol_log.rs, cli.rs -----
+
+/// Reads one of the queue's counters (`t.server.queue.stats().accepted`, ...).
+pub fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Polls `cond` every 20 ms until it holds or `limit` has passed; returns
+/// whether it held.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Client {
+    /// The client's own address (the server's "remote endpoint").
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().expect("local_addr")
+    }
+}

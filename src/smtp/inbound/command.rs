@@ -203,10 +203,12 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
         }
         match (k.as_str(), v) {
             ("SIZE", Some(v)) => {
-                m.size = Some(
-                    v.parse()
-                        .map_err(|_| Reply::syntax("SIZE must be a number of octets"))?,
-                )
+                // RFC 1870 allows up to 20 digits, more than u64 holds:
+                // such a size is simply over any limit.
+                if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(Reply::syntax("SIZE must be 1 to 20 digits (RFC 1870)"));
+                }
+                m.size = Some(v.parse().unwrap_or(u64::MAX))
             }
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => {
                 m.body = Some(BodyType::SevenBit)

@@ -41,6 +41,8 @@ pub struct ConnectorContext {
     pub banner: String,
     /// `HOST\Connector`, as Exchange writes it in protocol logs.
     pub connector_id: String,
+    /// `config.relay_networks` without their config positions.
+    pub relay_networks: Vec<crate::config::Cidr>,
     pub policy: Arc<AcceptancePolicy>,
     pub queue: Queue,
     pub protolog: ProtocolLog,
@@ -262,7 +264,8 @@ impl Session {
                 }
                 return Ok(Input::Line(l.to_vec()));
             }
-            if self.rbuf.len() > MAX_COMMAND_LINE {
+            // +1: the CR of a maximum-length line may arrive before its LF.
+            if self.rbuf.len() > MAX_COMMAND_LINE + 1 {
                 // Keep memory bounded: drop what we have, wait for the LF.
                 self.rbuf.clear();
                 self.skipping = true;
@@ -364,7 +367,7 @@ impl Session {
         match self
             .ctx
             .policy
-            .recipient(&r.path, self.peer.ip(), &self.ctx.config.relay_networks)
+            .recipient(&r.path, self.peer.ip(), &self.ctx.relay_networks)
         {
             Ok((address, route)) => {
                 let tx = self.tx.as_mut().expect("checked above");
