@@ -14,14 +14,18 @@
 //! `server` wires the parts together; `main.rs` is only the CLI.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod delivery;
+pub mod events;
 pub mod protolog;
 pub mod queue;
 pub mod server;
 pub mod shutdown;
 pub mod smtp;
 pub mod timefmt;
+pub mod tls;
 
 /// The version printed by `gatehouse --version` and written into logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

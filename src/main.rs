@@ -30,6 +30,11 @@ enum Cmd {
     CheckConfig,
     /// Print the embedded default configuration (a starting point for gatehouse.toml).
     DefaultConfig,
+    /// Manage the certificate store: list, new-self-signed, request, import, export, enable, remove, which.
+    Cert(gatehouse::certs::cli::CertCommand),
+    /// Manage SMTP AUTH users (argon2id hashes in auth.users_file): add, remove, list.
+    #[command(subcommand)]
+    User(gatehouse::auth::cli::UserCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +45,20 @@ fn main() -> ExitCode {
             print!("{}", gatehouse::config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
+        Cmd::Cert(cmd) => match cmd.run(cli.config.as_deref(), &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::User(cmd) => match cmd.run(cli.config.as_deref(), &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Serve => match serve(cli.config) {
             Ok(code) => code,
             Err(e) => {

@@ -2,6 +2,7 @@
 //! connectors. `main.rs` calls `start` and later `shutdown`; the
 //! integration tests do the same in-process, on ephemeral ports.
 
+use crate::certs::{CertStore, Service};
 use crate::config::Config;
 use crate::protolog::{LogKind, ProtocolLog, ProtocolLogConfig};
 use crate::queue::{Queue, QueueSettings, StorageError};
@@ -9,6 +10,7 @@ use crate::shutdown::Shutdown;
 use crate::smtp::inbound::listener::{ConnectionLimits, accept_loop};
 use crate::smtp::inbound::policy::AcceptancePolicy;
 use crate::smtp::inbound::session::ConnectorContext;
+use crate::tls::resolver::CertificateSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +41,14 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(
+        "{0}\n  = hint: fix or remove the file; manage users with `gatehouse user add|remove|list`"
+    )]
+    Users(crate::auth::UserError),
+    #[error("certificate store: {0}")]
+    Certificates(crate::certs::CertError),
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+    #[error(
         "cannot open the queue: {0}\n  = hint: check free space and permissions under `server.data_dir`"
     )]
     Queue(#[from] StorageError),
@@ -46,6 +56,8 @@ pub enum StartError {
 
 /// A started server.
 pub struct RunningServer {
+    /// The live certificate state (tests and, later, the admin API read it).
+    pub certificates: Arc<CertificateSet>,
     /// (connector name, bound address) for every listener.
     pub listeners: Vec<(String, SocketAddr)>,
     pub queue: Queue,
@@ -94,6 +106,44 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     };
 
     let shutdown = Shutdown::new();
+    let users = if cfg.receive_connector.iter().any(|c| c.offers_auth()) {
+        let path = cfg.users_file();
+        Some(Arc::new(
+            crate::auth::LiveUsers::open(&path).map_err(StartError::Users)?,
+        ))
+    } else {
+        None
+    };
+    // Certificates: the store creates its self-signed default at first
+    // start; the set feeds every TLS listener and reloads when it changes.
+    let store = CertStore::open(&data_dir).map_err(StartError::Certificates)?;
+    if let Some(thumb) = store
+        .ensure_default(&hostname)
+        .map_err(StartError::Certificates)?
+    {
+        crate::events::emit(
+            &crate::events::DEFAULT_CERTIFICATE_CREATED,
+            format!(
+                "created the self-signed default certificate {thumb} for {hostname}, enabled for smtp"
+            ),
+        );
+    }
+    let certificates = CertificateSet::load(&store, &hostname).map_err(StartError::Tls)?;
+    let tls_connectors: Vec<(String, String)> = cfg
+        .receive_connector
+        .iter()
+        .filter(|c| c.tls)
+        .map(|c| {
+            (
+                c.name.get_ref().clone(),
+                c.fqdn
+                    .as_ref()
+                    .map(|f| f.to_string())
+                    .unwrap_or_else(|| hostname.clone()),
+            )
+        })
+        .collect();
+    certificates.announce(&tls_connectors);
     let policy = Arc::new(AcceptancePolicy::from_config(&cfg));
     let short_host = hostname
         .split('.')
@@ -105,6 +155,11 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     for c in &cfg.receive_connector {
         let name = c.name.get_ref().clone();
         let fqdn = c
+            .fqdn
+            .as_ref()
+            .map(|f| f.to_string())
+            .unwrap_or_else(|| hostname.clone());
+        let fqdn_for_tls = c
             .fqdn
             .as_ref()
             .map(|f| f.to_string())
@@ -127,6 +182,18 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
                 ProtocolLog::disabled()
             },
             shutdown: shutdown.clone(),
+            tls: if c.tls {
+                let resolver = certificates.resolver(&name, &fqdn_for_tls, Service::Smtp);
+                let config = crate::tls::server_config(resolver)
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                Some(tokio_rustls::TlsAcceptor::from(config))
+            } else {
+                None
+            },
+            implicit_tls: *c.role.get_ref() == crate::config::ConnectorRole::Smtps,
+            users: users.clone().filter(|_| c.offers_auth()),
+            auth_failure_delay: cfg.auth.failure_delay.0,
+            require_auth: *c.role.get_ref() == crate::config::ConnectorRole::Submission,
         });
         let limits = ConnectionLimits::new(c.max_connections, c.max_connections_per_ip);
         for addr in &c.listen {
@@ -157,7 +224,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
             )));
         }
     }
+    accept_tasks.push(tokio::spawn(certificates.clone().watch(
+        store,
+        tls_connectors,
+        Duration::from_secs(2),
+    )));
     Ok(RunningServer {
+        certificates,
         listeners,
         queue,
         shutdown,

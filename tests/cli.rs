@@ -456,3 +456,38 @@ fn serve_exits_0_on_sigterm_sent_right_after_it_reports_listening() {
         assert_eq!(status.code(), Some(0), "attempt {attempt}: {status:?}");
     }
 }
+
+#[test]
+fn user_add_list_remove_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = write_config(dir.path(), "");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let mut add = gatehouse(dir.path());
+    add.arg("--config")
+        .arg(&cfg)
+        .args(["user", "add", "alice@example.test", "--password-file"])
+        .arg(&pw);
+    let out = run(add);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let users = std::fs::read_to_string(dir.path().join("var/users")).unwrap();
+    assert!(users.contains("alice@example.test:$argon2id$"), "{users}");
+    assert!(!users.contains("s3cret"));
+    let mut list = gatehouse(dir.path());
+    list.arg("--config").arg(&cfg).args(["user", "list"]);
+    assert_eq!(text(&run(list).stdout), "alice@example.test\n");
+    let mut rm = gatehouse(dir.path());
+    rm.arg("--config").arg(&cfg).args(["user", "remove", "bob"]);
+    let out = run(rm);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("user `bob` does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut rm = gatehouse(dir.path());
+    rm.arg("--config")
+        .arg(&cfg)
+        .args(["user", "remove", "alice@example.test"]);
+    assert!(run(rm).status.success());
+}

@@ -246,11 +246,12 @@ async fn session_is_logged_with_every_field_in_exchange_format() {
         .iter()
         .filter(|r| r.event == '>' && r.data.starts_with("250-"))
         .count();
-    assert_eq!(ehlo_lines, 7, "EHLO continuation lines");
+    // Eight keyword lines follow the greeting line, STARTTLS last.
+    assert_eq!(ehlo_lines, 8, "EHLO continuation lines");
     assert!(
         records
             .iter()
-            .any(|r| r.event == '>' && r.data == "250 CHUNKING")
+            .any(|r| r.event == '>' && r.data == "250 STARTTLS")
     );
     // The message body itself is not in the log.
     assert!(!raw.contains("body line"));

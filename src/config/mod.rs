@@ -87,6 +87,32 @@ pub struct Config {
     pub accepted_domain: Vec<AcceptedDomainConfig>,
     #[serde(default)]
     pub mailbox: Vec<MailboxConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// SMTP AUTH settings shared by the connectors that offer AUTH.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `name:argon2-hash` lines; default `<data_dir>/users`. Managed with
+    /// `gatehouse user add|remove|list`.
+    pub users_file: Option<PathBuf>,
+    /// Wait before answering a failed AUTH (Exchange: AuthTarpitInterval).
+    #[serde(default = "default_auth_failure_delay")]
+    pub failure_delay: HumanDuration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users_file: None,
+            failure_delay: default_auth_failure_delay(),
+        }
+    }
+}
+fn default_auth_failure_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -242,6 +268,16 @@ pub struct ReceiveConnectorConfig {
     /// Longest a whole session may last (Exchange ConnectionTimeout).
     #[serde(default = "default_connection_timeout")]
     pub connection_timeout: HumanDuration,
+    /// Offer STARTTLS (`smtp` role). `smtps` always uses TLS.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+    /// Offer AUTH PLAIN/LOGIN after TLS. Default: on for `submission` and
+    /// `smtps`, off for `smtp`.
+    pub auth: Option<bool>,
+    /// Refuse MAIL (530 5.7.0) until the client has done STARTTLS. Do not
+    /// set this on a publicly listed MX (RFC 3207 §4).
+    #[serde(default)]
+    pub require_tls: bool,
     /// Write this connector's sessions to the SMTP receive protocol log.
     #[serde(default = "default_true")]
     pub protocol_log: bool,
@@ -276,6 +312,14 @@ fn default_true() -> bool {
 }
 
 impl ReceiveConnectorConfig {
+    /// Whether this connector offers AUTH (after TLS).
+    pub fn offers_auth(&self) -> bool {
+        self.auth.unwrap_or(matches!(
+            self.role.get_ref(),
+            ConnectorRole::Submission | ConnectorRole::Smtps
+        ))
+    }
+
     /// The relay networks, parsed. Invalid entries were refused by
     /// `Config::validate`, so none are dropped here in a loaded config.
     pub fn relay_networks(&self) -> Vec<Cidr> {
@@ -378,15 +422,44 @@ impl Config {
                     "give every [[receive_connector]] its own name",
                 );
             }
-            if *c.role.get_ref() != ConnectorRole::Smtp {
+            if *c.role.get_ref() == ConnectorRole::Smtps && !c.tls {
                 err(
                     c.role.span(),
                     format!(
-                        "role `{:?}` needs TLS, which this build does not offer yet",
-                        c.role.get_ref()
-                    )
-                    .to_lowercase(),
-                    "use role = \"smtp\" for now; submission and smtps arrive with the certificate store",
+                        "connector `{}` has role \"smtps\" but tls = false",
+                        c.name.get_ref()
+                    ),
+                    "smtps is TLS from the first byte; remove tls = false or use role = \"smtp\"",
+                );
+            }
+            if c.require_tls && !c.tls {
+                err(
+                    c.name.span(),
+                    format!(
+                        "connector `{}`: require_tls = true but tls = false",
+                        c.name.get_ref()
+                    ),
+                    "clients could never send mail; enable tls or drop require_tls",
+                );
+            }
+            if *c.role.get_ref() == ConnectorRole::Submission && (!c.tls || c.auth == Some(false)) {
+                err(
+                    c.role.span(),
+                    format!(
+                        "connector `{}` has role \"submission\" but TLS or AUTH is turned off",
+                        c.name.get_ref()
+                    ),
+                    "submission needs STARTTLS and AUTH before MAIL (RFC 6409); remove tls = false / auth = false",
+                );
+            }
+            if c.auth == Some(true) && !c.tls {
+                err(
+                    c.name.span(),
+                    format!(
+                        "connector `{}`: auth = true but tls = false",
+                        c.name.get_ref()
+                    ),
+                    "AUTH PLAIN and LOGIN are only offered over TLS; enable tls",
                 );
             }
             if c.listen.is_empty() {
@@ -539,6 +612,13 @@ impl Config {
     /// Where the journal lives.
     pub fn queue_dir(&self) -> PathBuf {
         self.server.data_dir.join("queue")
+    }
+    /// Where the AUTH users file lives.
+    pub fn users_file(&self) -> PathBuf {
+        self.auth
+            .users_file
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("users"))
     }
     /// Where Maildirs live.
     pub fn mail_dir(&self) -> PathBuf {

@@ -123,6 +123,10 @@ impl Reply {
         Reply::new(250, "2.0.0", format!("{size} octets received"))
     }
 
+    pub fn ready_for_tls() -> Reply {
+        Reply::new(220, "2.0.0", "Ready to start TLS")
+    }
+
     // ----- temporary failures -----
     pub fn too_many_connections(fqdn: &str) -> Reply {
         Reply::new(
@@ -229,6 +233,63 @@ impl Reply {
             "5.5.4",
             format!("MAIL FROM/RCPT TO parameter not recognized or not implemented: {what}"),
         )
+    }
+    pub fn tls_required() -> Reply {
+        Reply::new(
+            530,
+            "5.7.0",
+            "Must issue a STARTTLS command first; this connector requires TLS",
+        )
+    }
+    pub fn tls_already_active() -> Reply {
+        Reply::new(503, "5.5.1", "TLS is already active")
+    }
+    pub fn auth_required() -> Reply {
+        Reply::new(
+            530,
+            "5.7.0",
+            "Authentication required; use AUTH after STARTTLS (RFC 6409)",
+        )
+    }
+    pub fn encryption_required_for_auth() -> Reply {
+        Reply::new(
+            538,
+            "5.7.11",
+            "Encryption required for requested authentication mechanism; use STARTTLS first",
+        )
+    }
+    pub fn already_authenticated() -> Reply {
+        Reply::new(503, "5.5.1", "Already authenticated")
+    }
+    pub fn auth_in_transaction() -> Reply {
+        Reply::new(
+            503,
+            "5.5.1",
+            "AUTH is not allowed during a mail transaction",
+        )
+    }
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, "5.7.0", "Authentication cancelled")
+    }
+    pub fn auth_mechanism_unknown(m: &str) -> Reply {
+        Reply::new(
+            504,
+            "5.5.4",
+            format!("Unrecognized authentication mechanism {m}; use PLAIN or LOGIN"),
+        )
+    }
+    pub fn auth_malformed() -> Reply {
+        Reply::new(
+            501,
+            "5.5.2",
+            "Cannot decode the authentication response (base64)",
+        )
+    }
+    pub fn auth_ok() -> Reply {
+        Reply::new(235, "2.7.0", "Authentication successful")
+    }
+    pub fn auth_failed() -> Reply {
+        Reply::new(535, "5.7.8", "Authentication credentials invalid")
     }
     pub fn need_helo() -> Reply {
         Reply::new(503, "5.5.1", "Send EHLO or HELO first")

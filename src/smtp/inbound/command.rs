@@ -56,7 +56,10 @@ pub enum Command {
     Mail(MailFrom),
     Rcpt(RcptTo),
     Data,
-    Bdat { size: u64, last: bool },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     Rset,
     Noop,
     Quit,
@@ -64,7 +67,10 @@ pub enum Command {
     Expn,
     Help,
     StartTls,
-    Auth,
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 /// Parses one command line. `utf8_tx` is whether the current transaction
@@ -111,7 +117,18 @@ pub fn parse(line: &str, utf8_tx: bool) -> Result<Command, Reply> {
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
         "STARTTLS" => no_args(Command::StartTls),
-        "AUTH" => Ok(Command::Auth),
+        "AUTH" => {
+            let mut it = rest.split(' ').filter(|s| !s.is_empty());
+            let mechanism = it
+                .next()
+                .ok_or_else(|| Reply::syntax("AUTH needs a mechanism"))?
+                .to_ascii_uppercase();
+            let initial = it.next().map(str::to_string);
+            if it.next().is_some() {
+                return Err(Reply::syntax("AUTH <mechanism> [initial-response]"));
+            }
+            Ok(Command::Auth { mechanism, initial })
+        }
         _ => Err(Reply::unknown_command()),
     }
 }
@@ -217,6 +234,9 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
                 m.body = Some(BodyType::EightBitMime)
             }
             ("SMTPUTF8", None) => m.smtputf8 = true,
+            // RFC 4954 §5: accepted and not used (we do not trust another
+            // hop's authentication claims).
+            ("AUTH", Some(v)) if v.len() <= 500 => {}
             ("RET", Some(v)) if v.eq_ignore_ascii_case("FULL") => m.ret = Some(Ret::Full),
             ("RET", Some(v)) if v.eq_ignore_ascii_case("HDRS") => m.ret = Some(Ret::Hdrs),
             ("ENVID", Some(v)) if v.len() <= 100 && valid_xtext(v) => m.envid = Some(v.to_string()),

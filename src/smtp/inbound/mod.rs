@@ -6,3 +6,4 @@ pub mod data;
 pub mod listener;
 pub mod policy;
 pub mod session;
+pub mod stream;

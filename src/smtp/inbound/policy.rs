@@ -8,7 +8,8 @@
 //!    otherwise 550 5.1.1.
 //! 3. Relay domain: accepted for anyone and queued for onward delivery.
 //! 4. Anything else (other domains, IP literals): accepted only from the
-//!    connector's `relay_networks`; otherwise 550 5.7.1.
+//!    connector's `relay_networks` or an authenticated client; otherwise
+//!    550 5.7.1.
 //!
 //! `<Postmaster>` without a domain goes to postmaster at the server's host
 //! name or at the first authoritative domain (RFC 5321 §4.5.1).
@@ -77,6 +78,7 @@ impl AcceptancePolicy {
         path: &Path,
         client: IpAddr,
         relay_networks: &[Cidr],
+        authenticated: bool,
     ) -> Result<(String, Route), Reply> {
         let mailbox: &Mailbox = match path {
             Path::Null => {
@@ -100,7 +102,7 @@ impl AcceptancePolicy {
         if mailbox.has_routing_chars() {
             return Err(Reply::routing_characters());
         }
-        let relay_allowed = relay_networks.iter().any(|n| n.contains(client));
+        let relay_allowed = authenticated || relay_networks.iter().any(|n| n.contains(client));
         match &mailbox.domain {
             Domain::Name(d) => match self.domains.get(d.as_str()) {
                 Some(DomainType::Authoritative) => self
@@ -149,6 +151,7 @@ mod tests {
             &parse_path(addr, false).unwrap(),
             "127.0.0.1".parse().unwrap(),
             nets,
+            false,
         )
     }
 

@@ -13,6 +13,7 @@
 use super::command::{self, Command, MailFrom};
 use super::data::{DataReceiver, LineEndingCheck, Violation};
 use super::policy::AcceptancePolicy;
+use super::stream::Stream;
 use crate::config::ReceiveConnectorConfig;
 use crate::protolog::{ProtocolLog, SessionLog};
 use crate::queue::Queue;
@@ -20,6 +21,7 @@ use crate::queue::message::{Envelope, QueueId, Recipient};
 use crate::shutdown::Shutdown;
 use crate::smtp::address::Path;
 use crate::smtp::reply::Reply;
+use crate::tls::Negotiated;
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +49,17 @@ pub struct ConnectorContext {
     pub queue: Queue,
     pub protolog: ProtocolLog,
     pub shutdown: Shutdown,
+    /// TLS for STARTTLS (`smtp`) or from the first byte (`smtps`); `None`
+    /// when the connector offers no TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS before the greeting (port 465 style, RFC 8314).
+    pub implicit_tls: bool,
+    /// SMTP AUTH users; `None` when the connector offers no AUTH.
+    pub users: Option<Arc<crate::auth::LiveUsers>>,
+    /// Wait before answering a failed AUTH (slows password guessing).
+    pub auth_failure_delay: Duration,
+    /// MAIL needs AUTH first (`submission`, RFC 6409 §4.3).
+    pub require_auth: bool,
 }
 
 struct Transaction {
@@ -78,7 +91,10 @@ enum Flow {
 
 pub struct Session {
     ctx: Arc<ConnectorContext>,
-    stream: TcpStream,
+    stream: Stream,
+    tls: Option<Negotiated>,
+    /// The authenticated user, after a successful AUTH.
+    user: Option<String>,
     peer: SocketAddr,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
@@ -102,7 +118,9 @@ impl Session {
         let deadline = Instant::now() + ctx.config.connection_timeout.0;
         Session {
             ctx,
-            stream,
+            stream: Stream::Plain(stream),
+            tls: None,
+            user: None,
             peer,
             rbuf: BytesMut::with_capacity(512),
             wbuf: Vec::with_capacity(256),
@@ -119,6 +137,10 @@ impl Session {
     /// the session quietly (the peer went away).
     pub async fn run(mut self) {
         self.log.connect();
+        if self.ctx.implicit_tls && !self.handshake().await {
+            self.log.disconnect();
+            return;
+        }
         let greeting = Reply::greeting(&self.ctx.fqdn, &self.ctx.banner);
         self.reply(greeting);
         let _ = self.serve().await;
@@ -162,7 +184,13 @@ impl Session {
                     continue;
                 }
             };
-            self.log.received(text);
+            if text.len() > 5 && text[..5].eq_ignore_ascii_case("AUTH ") {
+                // Never log credentials: mechanism only.
+                let mech = text[5..].split(' ').next().unwrap_or("");
+                self.log.received(&format!("AUTH {mech} ****"));
+            } else {
+                self.log.received(text);
+            }
             let utf8_tx = self.tx.as_ref().is_some_and(|t| t.mail.smtputf8);
             let flow = match command::parse(text, utf8_tx) {
                 Err(r) => self.reply_counted(r),
@@ -293,6 +321,14 @@ impl Session {
                     "SMTPUTF8".into(),
                     "CHUNKING".into(),
                 ];
+                let mut lines = lines;
+                if self.ctx.tls.is_some() && !self.stream.is_tls() {
+                    lines.push("STARTTLS".into());
+                }
+                // RFC 4954 §4 / SPEC 2.1: plaintext mechanisms only over TLS.
+                if self.ctx.users.is_some() && self.stream.is_tls() {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
                 self.helo = Some((name, true));
                 self.reply(Reply::ehlo(lines));
                 Flow::Continue
@@ -330,8 +366,8 @@ impl Session {
                 Flow::Continue
             }
             Command::Expn => self.reply_counted(Reply::not_implemented("EXPN")),
-            Command::StartTls => self.reply_counted(Reply::not_implemented("STARTTLS")),
-            Command::Auth => self.reply_counted(Reply::not_implemented("AUTH")),
+            Command::StartTls => return self.starttls().await,
+            Command::Auth { mechanism, initial } => return self.auth(mechanism, initial).await,
         };
         Ok(flow)
     }
@@ -339,6 +375,12 @@ impl Session {
     fn mail(&mut self, m: MailFrom) -> Flow {
         if self.helo.is_none() {
             return self.reply_counted(Reply::need_helo());
+        }
+        if self.ctx.config.require_tls && self.tls.is_none() {
+            return self.reply_counted(Reply::tls_required());
+        }
+        if self.ctx.require_auth && self.user.is_none() {
+            return self.reply_counted(Reply::auth_required());
         }
         if self.tx.is_some() {
             return self.reply_counted(Reply::nested_mail());
@@ -364,11 +406,12 @@ impl Session {
         if tx.recipients.len() >= max {
             return self.reply_counted(Reply::too_many_recipients(max));
         }
-        match self
-            .ctx
-            .policy
-            .recipient(&r.path, self.peer.ip(), &self.ctx.relay_networks)
-        {
+        match self.ctx.policy.recipient(
+            &r.path,
+            self.peer.ip(),
+            &self.ctx.relay_networks,
+            self.user.is_some(),
+        ) {
             Ok((address, route)) => {
                 let tx = self.tx.as_mut().expect("checked above");
                 tx.recipients.push(Recipient {
@@ -491,16 +534,196 @@ impl Session {
         Ok(self.reply_counted(reply))
     }
 
+    /// SMTP AUTH (RFC 4954) with PLAIN (RFC 4616) and LOGIN, only over TLS.
+    async fn auth(&mut self, mechanism: String, initial: Option<String>) -> std::io::Result<Flow> {
+        let Some(users) = self.ctx.users.clone() else {
+            return Ok(self.reply_counted(Reply::not_implemented("AUTH")));
+        };
+        if !self.stream.is_tls() {
+            return Ok(self.reply_counted(Reply::encryption_required_for_auth()));
+        }
+        if self.helo.is_none() {
+            return Ok(self.reply_counted(Reply::need_helo()));
+        }
+        if self.user.is_some() {
+            return Ok(self.reply_counted(Reply::already_authenticated()));
+        }
+        if self.tx.is_some() {
+            return Ok(self.reply_counted(Reply::auth_in_transaction()));
+        }
+        let credentials = match mechanism.as_str() {
+            "PLAIN" => {
+                let response = match initial {
+                    // RFC 4954 §4: "=" is an empty initial response.
+                    Some(r) if r == "=" => String::new(),
+                    Some(r) => r,
+                    None => match self.auth_prompt("").await? {
+                        Some(r) => r,
+                        None => return Ok(Flow::Close),
+                    },
+                };
+                if response == "*" {
+                    return Ok(self.reply_counted(Reply::auth_cancelled()));
+                }
+                crate::auth::decode_plain(&response)
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => Some(r),
+                    None => self.auth_prompt("VXNlcm5hbWU6").await?,
+                };
+                let Some(user) = user else {
+                    return Ok(Flow::Close);
+                };
+                if user == "*" {
+                    return Ok(self.reply_counted(Reply::auth_cancelled()));
+                }
+                let Some(pass) = self.auth_prompt("UGFzc3dvcmQ6").await? else {
+                    return Ok(Flow::Close);
+                };
+                if pass == "*" {
+                    return Ok(self.reply_counted(Reply::auth_cancelled()));
+                }
+                let decode =
+                    |s: &str| crate::auth::base64_decode(s).and_then(|b| String::from_utf8(b).ok());
+                decode(&user).zip(decode(&pass))
+            }
+            _ => return Ok(self.reply_counted(Reply::auth_mechanism_unknown(&mechanism))),
+        };
+        let Some((name, password)) = credentials else {
+            return Ok(self.reply_counted(Reply::auth_malformed()));
+        };
+        let verified = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || users.current().verify(&name, &password))
+                .await
+                .unwrap_or(false)
+        };
+        if verified {
+            self.log.info(&name, "Inbound AUTH succeeded");
+            self.user = Some(name);
+            self.reply(Reply::auth_ok());
+            Ok(Flow::Continue)
+        } else {
+            // Exchange logs "Inbound AUTH LOGIN failed because of LogonDenied".
+            self.log.info(
+                &name,
+                &format!("Inbound AUTH {mechanism} failed because of LogonDenied"),
+            );
+            tracing::warn!(client = %self.peer, user = %name, "AUTH failed");
+            tokio::time::sleep(self.ctx.auth_failure_delay).await;
+            Ok(self.reply_counted(Reply::auth_failed()))
+        }
+    }
+
+    /// Sends a 334 challenge and reads one response line (not logged:
+    /// it carries credentials). `None` when the client went away.
+    async fn auth_prompt(&mut self, challenge: &str) -> std::io::Result<Option<String>> {
+        self.log.sent(&format!("334 {challenge}"));
+        self.wbuf
+            .extend_from_slice(format!("334 {challenge}\r\n").as_bytes());
+        match self.next_line().await? {
+            Input::Line(l) => {
+                self.log.received("****");
+                Ok(Some(String::from_utf8_lossy(&l).trim().to_string()))
+            }
+            Input::TooLong => Ok(Some(String::new())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Answers STARTTLS: 220, discard anything the client pipelined after
+    /// it (RFC 3207 §4.2: that plaintext could be an injection, CVE-2011-0411
+    /// class), handshake, and forget the EHLO state (the client must EHLO
+    /// again, §4.2).
+    async fn starttls(&mut self) -> std::io::Result<Flow> {
+        if self.ctx.tls.is_none() {
+            return Ok(self.reply_counted(Reply::not_implemented("STARTTLS")));
+        }
+        if self.stream.is_tls() {
+            return Ok(self.reply_counted(Reply::tls_already_active()));
+        }
+        self.reply(Reply::ready_for_tls());
+        self.flush().await?;
+        if !self.rbuf.is_empty() {
+            self.log.info(
+                &format!("{} octets", self.rbuf.len()),
+                "Plaintext pipelined after STARTTLS discarded (RFC 3207)",
+            );
+            self.rbuf.clear();
+        }
+        if !self.handshake().await {
+            return Ok(Flow::Close);
+        }
+        self.helo = None;
+        self.tx = None;
+        Ok(Flow::Continue)
+    }
+
+    /// Runs the TLS handshake on the socket; false when it failed (the
+    /// connection is then unusable and is closed).
+    async fn handshake(&mut self) -> bool {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            return false;
+        };
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Upgrading) else {
+            return false;
+        };
+        let timeout = self.ctx.config.command_timeout.0;
+        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let negotiated = Negotiated::from_connection(tls.get_ref().1);
+                self.log.info(
+                    &format!(
+                        "TLS protocol {} negotiation succeeded using {} ({}){}",
+                        negotiated.exchange_protocol(),
+                        negotiated.cipher,
+                        negotiated.version,
+                        if negotiated.resumed {
+                            ", resumed session"
+                        } else {
+                            ""
+                        }
+                    ),
+                    "TLS negotiation",
+                );
+                self.stream = Stream::Tls(Box::new(tls));
+                self.tls = Some(negotiated);
+                true
+            }
+            Ok(Err(e)) => {
+                self.log.info(&e.to_string(), "TLS negotiation failed");
+                tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                self.log.info("timeout", "TLS negotiation failed");
+                false
+            }
+        }
+    }
+
     /// Prepends the Received: header, stores the message durably and
     /// returns the reply: 250 with the queue ID only after the fsync.
     async fn commit(&mut self, tx: Transaction, body: Vec<u8>) -> Reply {
         let id = QueueId::generate();
         let (helo, esmtp) = self.helo.clone().unwrap_or_default();
-        let protocol = match (esmtp, tx.mail.smtputf8) {
+        // RFC 3848 / RFC 6531 protocol names; the TLS parameters go into a
+        // comment as Exchange 2016+ and Postfix do.
+        let base = match (esmtp, tx.mail.smtputf8) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
             (true, true) => "UTF8SMTP",
         };
+        let protocol = format!(
+            "{base}{}{}{}",
+            if self.tls.is_some() { "S" } else { "" },
+            if self.user.is_some() { "A" } else { "" },
+            match &self.tls {
+                Some(t) => format!(" ({} cipher={})", t.version, t.cipher),
+                None => String::new(),
+            }
+        );
         let for_clause = match tx.recipients.as_slice() {
             [one] => format!("\r\n\tfor <{}>", one.address),
             _ => String::new(),

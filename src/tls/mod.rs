@@ -1,0 +1,76 @@
+//! TLS policy: rustls server configurations for every listener.
+//!
+//! One policy for all listeners (SPEC 2.6): TLS 1.2 and 1.3 only (rustls
+//! cannot speak anything older), the aws-lc-rs provider's AEAD suites
+//! (Mozilla "intermediate" without DHE), the server's cipher order
+//! (`ignore_client_order`, which testssl.sh checks), stateless session
+//! tickets plus a session cache so STARTTLS clients can resume.
+//! Certificates come from a `ResolvesServerCert` (the certificate store's
+//! resolver), so a swapped certificate applies to the next handshake
+//! without rebuilding the config.
+
+pub mod resolver;
+
+use rustls::ServerConfig;
+use rustls::server::{ResolvesServerCert, ServerSessionMemoryCache};
+use std::sync::Arc;
+
+/// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Builds the server config every TLS listener shares.
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    install_provider();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.ignore_client_order = true;
+    cfg.session_storage = ServerSessionMemoryCache::new(16_384);
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    cfg.send_tls13_tickets = 2;
+    Ok(Arc::new(cfg))
+}
+
+/// What a handshake negotiated, for logs, headers and counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: String,
+    /// IANA suite name, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+    pub sni: Option<String>,
+    pub resumed: bool,
+}
+
+impl Negotiated {
+    pub fn from_connection(conn: &rustls::ServerConnection) -> Negotiated {
+        Negotiated {
+            version: conn
+                .protocol_version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_else(|| "unknown".into()),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_else(|| "unknown".into()),
+            sni: conn.server_name().map(str::to_string),
+            resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+        }
+    }
+
+    /// Exchange's protocol-log spelling (`SP_PROT_TLS1_2_SERVER`), so the
+    /// log lines match what Exchange parsers look for.
+    pub fn exchange_protocol(&self) -> &'static str {
+        match self.version.as_str() {
+            "TLSv1_3" => "SP_PROT_TLS1_3_SERVER",
+            "TLSv1_2" => "SP_PROT_TLS1_2_SERVER",
+            _ => "SP_PROT_UNKNOWN_SERVER",
+        }
+    }
+}
