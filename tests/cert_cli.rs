@@ -2,13 +2,14 @@
 //! file whose data_dir is a temporary directory, stdout/stderr and exit
 //! codes. The CA that signs requests is made with rcgen in the test.
 
+mod common;
+
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, IsCa, Issuer,
     KeyPair,
 };
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
@@ -110,27 +111,8 @@ impl Run {
     }
 }
 
-fn run(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gatehouse");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.expect("wait for gatehouse"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("gatehouse did not finish within 60 s");
-        }
-    }
+fn run(cmd: Command) -> Output {
+    common::run_bounded(cmd, Duration::from_secs(60))
 }
 
 /// A test CA that signs leaves and CSRs.

@@ -22,28 +22,8 @@ fn gatehouse(cwd: &Path) -> Command {
     c
 }
 
-/// Runs to completion, killing the child if it takes more than 20 s.
-fn run(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn gatehouse");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(out) => out.expect("wait for gatehouse"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("gatehouse did not finish within 20 s");
-        }
-    }
+fn run(cmd: Command) -> Output {
+    common::run_bounded(cmd, Duration::from_secs(20))
 }
 
 fn text(b: &[u8]) -> String {

@@ -256,3 +256,29 @@ impl Client {
         self.reader.get_ref().local_addr().expect("local_addr")
     }
 }
+
+/// Runs a command to completion with a time limit, killing it when the
+/// limit passes (so a hung binary fails the test instead of hanging CI).
+pub fn run_bounded(mut cmd: std::process::Command, limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gatehouse");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for gatehouse"),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("gatehouse did not finish within {limit:?}");
+        }
+    }
+}
