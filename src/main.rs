@@ -125,17 +125,28 @@ fn announce(source: &ConfigSource, cfg: &Config, server: &gatehouse::server::Run
     println!("gatehouse {} using {}", gatehouse::VERSION, source.name);
     println!("data directory: {}", cfg.server.data_dir.display());
     for (name, addr) in &server.listeners {
-        let what = cfg.receive_connector.iter().find(|c| c.name.get_ref() == name).map(|c| {
-            let tls = match c.role.get_ref() {
-                gatehouse::config::ConnectorRole::Smtps => "implicit TLS",
-                _ if c.tls && c.require_tls => "STARTTLS required",
-                _ if c.tls => "STARTTLS",
-                _ => "no TLS",
-            };
-            let auth = if c.offers_auth() { ", AUTH after TLS" } else { "" };
-            format!("{:?}, {tls}{auth}", c.role.get_ref()).to_lowercase()
-        });
-        println!("listening: smtp {addr} (receive connector \"{name}\": {})", what.unwrap_or_default());
+        let what = cfg
+            .receive_connector
+            .iter()
+            .find(|c| c.name.get_ref() == name)
+            .map(|c| {
+                let tls = match c.role.get_ref() {
+                    gatehouse::config::ConnectorRole::Smtps => "implicit TLS",
+                    _ if c.tls && c.require_tls => "STARTTLS required",
+                    _ if c.tls => "STARTTLS",
+                    _ => "no TLS",
+                };
+                let auth = if c.offers_auth() {
+                    ", AUTH after TLS"
+                } else {
+                    ""
+                };
+                format!("{:?}, {tls}{auth}", c.role.get_ref()).to_lowercase()
+            });
+        println!(
+            "listening: smtp {addr} (receive connector \"{name}\": {})",
+            what.unwrap_or_default()
+        );
     }
     if let Some((_, addr)) = server.listeners.first() {
         let to = cfg

@@ -222,6 +222,13 @@ async fn starttls_end_to_end_with_the_store_certificate() {
         text.contains("with ESMTPS (TLSv1_3 cipher=TLS13_"),
         "{text}"
     );
+    let counted: u64 = gatehouse::tls::counters()
+        .successes()
+        .iter()
+        .filter(|((v, _), _)| v == "TLSv1_3")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(counted >= 1, "TLS 1.3 handshakes are counted");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -443,6 +450,17 @@ async fn tls_1_0_and_1_1_client_hellos_are_refused() {
             );
         }
     }
+    assert!(
+        wait_until(Duration::from_secs(5), || gatehouse::tls::counters()
+            .failures()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            >= 2)
+        .await,
+        "refused handshakes are counted: {:?}",
+        gatehouse::tls::counters().failures()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

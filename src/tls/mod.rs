@@ -74,3 +74,90 @@ impl Negotiated {
         }
     }
 }
+
+/// Handshake counters: successes by (version, cipher), resumptions, and
+/// failures by reason. Process-wide; the admin API's `/metrics` (issue 6)
+/// exposes them.
+#[derive(Debug, Default)]
+pub struct TlsCounters {
+    by_suite: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    failures: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    resumed: std::sync::atomic::AtomicU64,
+}
+
+static COUNTERS: std::sync::OnceLock<TlsCounters> = std::sync::OnceLock::new();
+
+/// The process-wide handshake counters.
+pub fn counters() -> &'static TlsCounters {
+    COUNTERS.get_or_init(TlsCounters::default)
+}
+
+impl TlsCounters {
+    pub fn record_success(&self, n: &Negotiated) {
+        *self
+            .by_suite
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((n.version.clone(), n.cipher.clone()))
+            .or_default() += 1;
+        if n.resumed {
+            self.resumed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// `reason` is a short class such as `timeout`, `protocol version`,
+    /// `no shared cipher`, `peer closed`.
+    pub fn record_failure(&self, reason: &str) {
+        *self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    /// ((version, cipher), count) pairs.
+    pub fn successes(&self) -> Vec<((String, String), u64)> {
+        self.by_suite
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    pub fn failures(&self) -> Vec<(String, u64)> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    pub fn resumed(&self) -> u64 {
+        self.resumed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Classifies a handshake error for the failure counter.
+pub fn failure_reason(e: &std::io::Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("PeerIncompatible")
+        || text.contains("ProtocolVersion")
+        || text.contains("Tls12NotOffered")
+    {
+        "protocol version"
+    } else if text.contains("NoCipherSuitesInCommon") || text.contains("HandshakeFailure") {
+        "no shared parameters"
+    } else if text.contains("AlertReceived") {
+        "alert from peer"
+    } else if e.kind() == std::io::ErrorKind::UnexpectedEof
+        || e.kind() == std::io::ErrorKind::ConnectionReset
+    {
+        "peer closed"
+    } else {
+        "other"
+    }
+}

@@ -687,16 +687,19 @@ impl Session {
                     ),
                     "TLS negotiation",
                 );
+                crate::tls::counters().record_success(&negotiated);
                 self.stream = Stream::Tls(Box::new(tls));
                 self.tls = Some(negotiated);
                 true
             }
             Ok(Err(e)) => {
+                crate::tls::counters().record_failure(crate::tls::failure_reason(&e));
                 self.log.info(&e.to_string(), "TLS negotiation failed");
                 tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
                 false
             }
             Err(_) => {
+                crate::tls::counters().record_failure("timeout");
                 self.log.info("timeout", "TLS negotiation failed");
                 false
             }
