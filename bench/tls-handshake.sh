@@ -111,27 +111,10 @@ on_exit() {
     exit "$rc"
 }
 trap on_exit EXIT
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../tests/interop/lib.sh"
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-freeport() {
-    python3 - "$@" <<'PY'
-import socket, sys
-while True:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
-    if str(p) not in sys.argv[1:]:
-        print(p); break
-PY
-}
-wait_port() { # port seconds [pid]
-    local i
-    for i in $(seq 1 $(($2 * 10))); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then return 2; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # --- Gatehouse ----------------------------------------------------------------------------
 GH_PORT=$(freeport)
@@ -225,23 +208,8 @@ smtpd_tls_session_cache_timeout = 3600s
 smtpd_tls_session_cache_database = btree:\${data_directory}/smtpd_scache
 smtp_tls_security_level = none
 EOF
-cat > "$PF/etc/master.cf" <<EOF
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-proxymap  unix  -       -       n       -       -       proxymap
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+private_postfix_master_cf "$PF/etc/master.cf" "$PF_PORT" \
+    "tlsmgr    unix  -       -       n       1000?   1       tlsmgr"
 say "starting private postfix: postfix -c $PF/etc start (127.0.0.1:$PF_PORT)"
 postfix -c "$PF/etc" check >&2 || die "postfix -c $PF/etc check failed"
 postfix -c "$PF/etc" start >&2 || die "postfix -c $PF/etc start failed"

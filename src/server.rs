@@ -57,7 +57,8 @@ pub enum StartError {
 /// A started server.
 pub struct RunningServer {
     /// The live certificate state (tests and, later, the admin API read it).
-    pub certificates: Arc<CertificateSet>,
+    /// `None` when no listener offers TLS.
+    pub certificates: Option<Arc<CertificateSet>>,
     /// (connector name, bound address) for every listener.
     pub listeners: Vec<(String, SocketAddr)>,
     pub queue: Queue,
@@ -114,36 +115,20 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     } else {
         None
     };
-    // Certificates: the store creates its self-signed default at first
-    // start; the set feeds every TLS listener and reloads when it changes.
-    let store = CertStore::open(&data_dir).map_err(StartError::Certificates)?;
-    if let Some(thumb) = store
-        .ensure_default(&hostname)
-        .map_err(StartError::Certificates)?
-    {
-        crate::events::emit(
-            &crate::events::DEFAULT_CERTIFICATE_CREATED,
-            format!(
-                "created the self-signed default certificate {thumb} for {hostname}, enabled for smtp"
-            ),
-        );
-    }
-    let certificates = CertificateSet::load(&store, &hostname).map_err(StartError::Tls)?;
+    // Certificates, only when a listener offers TLS: the store creates its
+    // self-signed default at first start; the set feeds every TLS listener
+    // and reloads when the store changes.
     let tls_connectors: Vec<(String, String)> = cfg
         .receive_connector
         .iter()
         .filter(|c| c.tls)
-        .map(|c| {
-            (
-                c.name.get_ref().clone(),
-                c.fqdn
-                    .as_ref()
-                    .map(|f| f.to_string())
-                    .unwrap_or_else(|| hostname.clone()),
-            )
-        })
+        .map(|c| (c.name.get_ref().clone(), connector_fqdn(c, &hostname)))
         .collect();
-    certificates.announce(&tls_connectors);
+    let tls_state = if tls_connectors.is_empty() {
+        None
+    } else {
+        Some(start_certificates(&data_dir, &hostname, &tls_connectors)?)
+    };
     let policy = Arc::new(AcceptancePolicy::from_config(&cfg));
     let short_host = hostname
         .split('.')
@@ -154,16 +139,16 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     let mut accept_tasks = Vec::new();
     for c in &cfg.receive_connector {
         let name = c.name.get_ref().clone();
-        let fqdn = c
-            .fqdn
-            .as_ref()
-            .map(|f| f.to_string())
-            .unwrap_or_else(|| hostname.clone());
-        let fqdn_for_tls = c
-            .fqdn
-            .as_ref()
-            .map(|f| f.to_string())
-            .unwrap_or_else(|| hostname.clone());
+        let fqdn = connector_fqdn(c, &hostname);
+        let tls = match &tls_state {
+            Some((certificates, _)) if c.tls => {
+                let resolver = certificates.resolver(&name, &fqdn, Service::Smtp);
+                let config = crate::tls::server_config(resolver)
+                    .map_err(|e| StartError::Tls(e.to_string()))?;
+                Some(tokio_rustls::TlsAcceptor::from(config))
+            }
+            _ => None,
+        };
         let ctx = Arc::new(ConnectorContext {
             name: name.clone(),
             banner: c
@@ -182,14 +167,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
                 ProtocolLog::disabled()
             },
             shutdown: shutdown.clone(),
-            tls: if c.tls {
-                let resolver = certificates.resolver(&name, &fqdn_for_tls, Service::Smtp);
-                let config = crate::tls::server_config(resolver)
-                    .map_err(|e| StartError::Tls(e.to_string()))?;
-                Some(tokio_rustls::TlsAcceptor::from(config))
-            } else {
-                None
-            },
+            tls,
             implicit_tls: *c.role.get_ref() == crate::config::ConnectorRole::Smtps,
             users: users.clone().filter(|_| c.offers_auth()),
             auth_failure_delay: cfg.auth.failure_delay.0,
@@ -224,11 +202,14 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
             )));
         }
     }
-    accept_tasks.push(tokio::spawn(certificates.clone().watch(
-        store,
-        tls_connectors,
-        Duration::from_secs(2),
-    )));
+    let certificates = tls_state.map(|(certificates, store)| {
+        accept_tasks.push(tokio::spawn(certificates.clone().watch(
+            store,
+            tls_connectors,
+            Duration::from_secs(2),
+        )));
+        certificates
+    });
     Ok(RunningServer {
         certificates,
         listeners,
@@ -266,6 +247,37 @@ impl RunningServer {
         self.queue.sync().await;
         self.protolog.flush();
     }
+}
+
+/// The name a connector announces and looks certificates up by.
+fn connector_fqdn(c: &crate::config::ReceiveConnectorConfig, hostname: &str) -> String {
+    c.fqdn
+        .as_ref()
+        .map_or_else(|| hostname.to_string(), |f| f.to_string())
+}
+
+/// Opens the certificate store (creating the self-signed default at first
+/// start), loads it and announces what an operator must know.
+fn start_certificates(
+    data_dir: &std::path::Path,
+    hostname: &str,
+    tls_connectors: &[(String, String)],
+) -> Result<(Arc<CertificateSet>, CertStore), StartError> {
+    let store = CertStore::open(data_dir).map_err(StartError::Certificates)?;
+    if let Some(thumb) = store
+        .ensure_default(hostname)
+        .map_err(StartError::Certificates)?
+    {
+        crate::events::emit(
+            &crate::events::DEFAULT_CERTIFICATE_CREATED,
+            format!(
+                "created the self-signed default certificate {thumb} for {hostname}, enabled for smtp"
+            ),
+        );
+    }
+    let certificates = CertificateSet::load(&store, hostname).map_err(StartError::Tls)?;
+    certificates.announce(tls_connectors);
+    Ok((certificates, store))
 }
 
 /// Binds a listening socket. IPv6 sockets are v6-only so `0.0.0.0:25` and

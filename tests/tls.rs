@@ -11,7 +11,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -90,47 +90,6 @@ fn connector(pinned: Option<Vec<u8>>) -> (tokio_rustls::TlsConnector, Arc<Record
     (tokio_rustls::TlsConnector::from(Arc::new(cfg)), rec)
 }
 
-struct TlsClient {
-    r: BufReader<TlsStream<TcpStream>>,
-}
-
-impl TlsClient {
-    async fn reply(&mut self) -> Reply {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(20), self.r.read_line(&mut line))
-                .await
-                .expect("reply in time")
-                .unwrap_or(0);
-            if n == 0 {
-                return Reply { code: 0, text };
-            }
-            let line = line.trim_end().to_string();
-            let more = line.as_bytes().get(3) == Some(&b'-');
-            if !text.is_empty() {
-                text.push('\n');
-            }
-            text.push_str(&line);
-            if !more {
-                return Reply {
-                    code: line[..3].parse().unwrap_or(0),
-                    text,
-                };
-            }
-        }
-    }
-    async fn cmd(&mut self, line: &str) -> Reply {
-        self.r
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.r.get_mut().flush().await.unwrap();
-        self.reply().await
-    }
-}
-
 /// The default certificate's DER and SHA-1 thumbprint.
 fn default_cert(data: &std::path::Path) -> (Vec<u8>, String) {
     let store = CertStore::open(data).unwrap();
@@ -164,7 +123,7 @@ async fn starttls(
     addr: SocketAddr,
     pinned: Option<Vec<u8>>,
     pipelined_after: &[u8],
-) -> (TlsClient, Vec<u8>, String) {
+) -> (Client<TlsStream<TcpStream>>, Vec<u8>, String) {
     let mut c = Client::greeted(addr).await;
     let mut w = b"STARTTLS\r\n".to_vec();
     w.extend_from_slice(pipelined_after);
@@ -179,13 +138,7 @@ async fn starttls(
         .expect("TLS handshake");
     let version = format!("{:?}", tls.get_ref().1.protocol_version().unwrap());
     let seen = rec.seen.lock().unwrap().clone().unwrap();
-    (
-        TlsClient {
-            r: BufReader::new(tls),
-        },
-        seen,
-        version,
-    )
+    (Client::over(tls), seen, version)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -387,9 +340,7 @@ async fn smtps_is_tls_from_the_first_byte() {
         .connect(ServerName::try_from("mx.example.test").unwrap(), tcp)
         .await
         .expect("implicit TLS");
-    let mut c = TlsClient {
-        r: BufReader::new(tls),
-    };
+    let mut c = Client::over(tls);
     assert_eq!(c.reply().await.code, 220);
     let ehlo = c.cmd("EHLO client.test").await;
     assert!(!ehlo.text.contains("STARTTLS"));
@@ -542,4 +493,18 @@ async fn new_certificate_takes_effect_without_restart_and_old_sessions_continue(
     assert_eq!(old.cmd("EHLO client.test").await.code, 250);
     assert!(old.cmd("NOOP").await.starts("250 2.0.0"));
     let _ = KeyKind::EcdsaP256;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_tls_listener_means_no_certificate_work_at_start() {
+    let t = TestServer::start_with("tls = false", "").await;
+    assert!(t.server.certificates.is_none());
+    assert!(
+        !t.data_dir().join("certs").exists(),
+        "no default certificate is created without a TLS listener"
+    );
+    let mut c = Client::connect(t.addr).await;
+    c.reply().await;
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.text.contains("STARTTLS"), "{ehlo:?}");
 }

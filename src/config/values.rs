@@ -164,13 +164,6 @@ impl fmt::Display for Cidr {
     }
 }
 
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
-    }
-}
-
 /// A DNS domain name, stored in lower case (domains are case-insensitive,
 /// RFC 5321 §2.4). Letters, digits and hyphens per label, labels 1..63
 /// octets, total at most 255 (RFC 5321 §4.5.3.1.2).

@@ -52,17 +52,6 @@ impl Reply {
         }
     }
 
-    /// The reply's lines without CRLF, for the protocol log.
-    pub fn lines(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        self.write_to(&mut out);
-        String::from_utf8_lossy(&out)
-            .split("\r\n")
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
     // ----- greeting, session -----
     pub fn greeting(fqdn: &str, banner: &str) -> Reply {
         Reply::plain(220, format!("{fqdn} {banner}"))
@@ -284,6 +273,10 @@ impl Reply {
             "5.5.2",
             "Cannot decode the authentication response (base64)",
         )
+    }
+    /// SASL challenge (RFC 4954 §4): base64 text, no enhanced status.
+    pub fn auth_challenge(b64: &str) -> Reply {
+        Reply::plain(334, b64)
     }
     pub fn auth_ok() -> Reply {
         Reply::new(235, "2.7.0", "Authentication successful")

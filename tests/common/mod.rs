@@ -125,9 +125,10 @@ pub fn body_of(msg: &[u8]) -> &[u8] {
         .unwrap_or(&[])
 }
 
-/// A raw SMTP client that reads whole (multi-line) replies.
-pub struct Client {
-    pub reader: BufReader<TcpStream>,
+/// A raw SMTP client that reads whole (multi-line) replies, over plain
+/// TCP or, after STARTTLS, over TLS (`Client<TlsStream<TcpStream>>`).
+pub struct Client<S = TcpStream> {
+    pub reader: BufReader<S>,
 }
 
 /// One reply: its code and all its lines joined with '\n'.
@@ -162,9 +163,21 @@ impl Client {
         assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
         c
     }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
+    /// Wraps an established stream (e.g. after a TLS handshake).
+    pub fn over(stream: S) -> Client<S> {
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
 
     pub async fn send(&mut self, data: &[u8]) {
-        self.reader.get_mut().write_all(data).await.expect("write");
+        let w = self.reader.get_mut();
+        w.write_all(data).await.expect("write");
+        // TLS streams hold written data until flushed.
+        w.flush().await.expect("flush");
     }
 
     /// Reads one reply; code 0 means the server closed the connection.

@@ -94,6 +94,7 @@ on_exit() {
     exit "$rc"
 }
 trap on_exit EXIT
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -103,16 +104,6 @@ fail() { RESULTS+=("FAIL  $1${2:+ -- $2}"); FAILED=1; say "FAIL: $1${2:+ -- $2}"
 # --- python helpers (stdlib only) ---------------------------------------------
 cat > "$WORK/helpers.py" <<'PY'
 import os, socket, sys
-
-def freeport(*exclude):
-    while True:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        if str(p) not in exclude:
-            print(p)
-            return
 
 def capture(port_file, out):
     """Minimal SMTP sink: records the raw DATA bytes (still dot-stuffed) of one
@@ -212,9 +203,7 @@ def compare(expected_file, stored_file):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    if cmd == "freeport":
-        freeport(*args)
-    elif cmd == "capture":
+    if cmd == "capture":
         capture(*args)
     elif cmd == "expected":
         expected(*args)
@@ -225,15 +214,6 @@ if __name__ == "__main__":
 PY
 H() { python3 "$WORK/helpers.py" "$@"; }
 
-wait_port() { # port seconds pid-to-watch(optional)
-    local port=$1 secs=$2 pid=${3:-} i
-    for i in $(seq 1 $((secs * 10))); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 2; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # Prints the path of the first file in DIR/new (or cur) containing TOKEN, waiting up to SECS.
 wait_for_mail() { # maildir token secs
@@ -246,8 +226,7 @@ wait_for_mail() { # maildir token secs
     return 1
 }
 
-GH_PORT=$(H freeport)
-PF_PORT=$(H freeport "$GH_PORT")
+read -r GH_PORT PF_PORT <<<"$(freeports 2)"
 DATA_DIR="$WORK/gatehouse-data"
 MAILDIR="$DATA_DIR/mail/catchall"
 
@@ -375,26 +354,10 @@ queue_run_delay = 2s
 minimal_backoff_time = 2s
 maximal_backoff_time = 4s
 EOF
-cat > "$PF/etc/master.cf" <<EOF
-# service type  private unpriv  chroot  wakeup  maxproc command
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+private_postfix_master_cf "$PF/etc/master.cf" "$PF_PORT" \
+    "verify    unix  -       -       n       -       1       verify" \
+    "smtp      unix  -       -       n       -       -       smtp" \
+    "relay     unix  -       -       n       -       -       smtp"
 
 say "starting private postfix: postfix -c $PF/etc start (smtpd on 127.0.0.1:$PF_PORT)"
 if ! $SUDO postfix -c "$PF/etc" start; then

@@ -102,6 +102,7 @@ on_exit() {
     exit "$rc"
 }
 trap on_exit EXIT
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -240,16 +241,6 @@ else
 fi
 
 # --- Gatehouse ----------------------------------------------------------------------
-freeports() { # n: prints n distinct free loopback ports
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-PY
-}
 read -r SMTP_PORT SUB_PORT SMTPS_PORT <<<"$(freeports 3)"
 HOST=mx.example.test
 DATA_DIR="$WORK/var"
@@ -292,15 +283,6 @@ printf '%s\n' "$PASSWORD" > "$WORK/password"
 "$GH_BIN" --config "$CFG" user add alice@example.test --password-file "$WORK/password" >"$WORK/user-add.out" 2>&1 \
     || { cat "$WORK/user-add.out"; die "gatehouse user add failed"; }
 
-wait_port() { # port seconds pid
-    local port=$1 secs=$2 pid=$3
-    for _ in $(seq 1 $((secs * 10))); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        kill -0 "$pid" 2>/dev/null || return 2
-        sleep 0.1
-    done
-    return 1
-}
 
 say "starting gatehouse: smtp 127.0.0.1:$SMTP_PORT, submission 127.0.0.1:$SUB_PORT, smtps 127.0.0.1:$SMTPS_PORT"
 "$GH_BIN" serve --config "$CFG" >"$WORK/gatehouse.stdout" 2>"$WORK/gatehouse.stderr" &

@@ -204,10 +204,16 @@ impl Session {
 
     /// Queues a reply, logging it.
     fn reply(&mut self, r: Reply) {
-        for line in r.lines() {
-            self.log.sent(&line);
-        }
+        let start = self.wbuf.len();
         r.write_to(&mut self.wbuf);
+        // Log the bytes just queued, one protocol-log line per reply line.
+        if self.log.is_enabled()
+            && let Ok(text) = std::str::from_utf8(&self.wbuf[start..])
+        {
+            for line in text.split_terminator("\r\n") {
+                self.log.sent(line);
+            }
+        }
     }
 
     /// Queues a reply and counts it against the error limit.
@@ -311,7 +317,7 @@ impl Session {
         let flow = match cmd {
             Command::Ehlo(name) => {
                 self.tx = None;
-                let lines = vec![
+                let mut lines = vec![
                     format!("{fqdn} Hello [{}]", self.peer.ip()),
                     format!("SIZE {}", self.ctx.config.max_message_size.0),
                     "PIPELINING".into(),
@@ -321,7 +327,6 @@ impl Session {
                     "SMTPUTF8".into(),
                     "CHUNKING".into(),
                 ];
-                let mut lines = lines;
                 if self.ctx.tls.is_some() && !self.stream.is_tls() {
                     lines.push("STARTTLS".into());
                 }
@@ -619,9 +624,7 @@ impl Session {
     /// Sends a 334 challenge and reads one response line (not logged:
     /// it carries credentials). `None` when the client went away.
     async fn auth_prompt(&mut self, challenge: &str) -> std::io::Result<Option<String>> {
-        self.log.sent(&format!("334 {challenge}"));
-        self.wbuf
-            .extend_from_slice(format!("334 {challenge}\r\n").as_bytes());
+        self.reply(Reply::auth_challenge(challenge));
         match self.next_line().await? {
             Input::Line(l) => {
                 self.log.received("****");
