@@ -8,7 +8,7 @@ use std::io::{self, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{
@@ -20,6 +20,10 @@ use crate::timefmt::{civil_from_days, iso8601_millis};
 /// How long written lines may sit in the buffer, and how long to wait
 /// before retrying to create a file after a failure.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the writer sleeps between batches while lines keep coming
+/// (see `Writer::run`); also the most a flush request waits under load.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 /// Capacity of the `BufWriter`. It must hold the longest possible line:
 /// with lines shorter than the buffer, `BufWriter` accepts a line whole or
@@ -120,32 +124,66 @@ impl Writer {
 
     /// The thread body: write lines as they come, flush at least once a
     /// second, acknowledge flush requests, and finish on shutdown.
+    ///
+    /// While lines keep coming, the thread does not wait on the channel:
+    /// it sleeps [`BATCH_PAUSE`] and then takes everything queued. A
+    /// sender only wakes a receiver that is blocked in `recv`, so under
+    /// load the sessions never pay for a futex wake and a context switch
+    /// per line (measured: about a third of the server's context switches
+    /// on the accept benchmark). When a pause finds nothing, the thread
+    /// blocks again, so an idle server costs nothing.
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
+        let mut busy = false;
         loop {
             let wait = if self.dirty {
                 FLUSH_INTERVAL.saturating_sub(self.last_flush.elapsed())
             } else {
                 FLUSH_INTERVAL
             };
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Line(line)) => {
-                    self.counters.release(line.cost);
-                    self.report_drops(false);
-                    if !self.write_record(&line) {
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            let next = if busy {
+                std::thread::sleep(BATCH_PAUSE.min(wait));
+                match rx.try_recv() {
+                    Ok(msg) => Ok(msg),
+                    Err(TryRecvError::Empty) => {
+                        busy = false;
+                        Err(RecvTimeoutError::Timeout)
+                    }
+                    Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                }
+            } else {
+                rx.recv_timeout(wait)
+            };
+            let mut next = Some(next);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Ok(Msg::Line(line)) => {
+                        busy = true;
+                        self.counters.release(line.cost);
+                        self.report_drops(false);
+                        if !self.write_record(&line) {
+                            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Msg::Flush(ack)) => {
+                        self.report_drops(true);
+                        self.flush();
+                        let _ = ack.send(());
+                    }
+                    Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                        self.report_drops(true);
+                        self.flush();
+                        return;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.report_drops(true);
+                        break;
                     }
                 }
-                Ok(Msg::Flush(ack)) => {
-                    self.report_drops(true);
-                    self.flush();
-                    let _ = ack.send(());
-                }
-                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                    self.report_drops(true);
-                    self.flush();
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => self.report_drops(true),
+                next = match rx.try_recv() {
+                    Ok(msg) => Some(Ok(msg)),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+                };
             }
             if self.dirty && self.last_flush.elapsed() >= FLUSH_INTERVAL {
                 self.flush();
