@@ -246,6 +246,17 @@ impl RunningServer {
         }
         self.queue.sync().await;
         self.protolog.flush();
+        let commits = self.queue.commit_stats();
+        let (c, r) = (
+            commits.commits.load(std::sync::atomic::Ordering::Relaxed),
+            commits.records.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        tracing::info!(
+            commits = c,
+            messages = r,
+            messages_per_fsync = format!("{:.2}", r as f64 / c.max(1) as f64),
+            "queue synced; group commit summary"
+        );
     }
 }
 

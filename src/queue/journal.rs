@@ -40,7 +40,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -87,6 +87,16 @@ pub struct FaultInjection {
     pub fail_syncs: AtomicBool,
 }
 
+/// What the group commit achieves: `records / commits` is the mean batch
+/// size, i.e. how many messages share one fdatasync.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Successful batches (one write and one fdatasync each).
+    pub commits: AtomicU64,
+    /// Records acknowledged by those batches.
+    pub records: AtomicU64,
+}
+
 /// A message found in the spool at start-up.
 #[derive(Debug)]
 pub struct Recovered {
@@ -121,6 +131,7 @@ enum Op {
 pub struct Journal {
     tx: mpsc::Sender<Op>,
     done: Arc<DoneList>,
+    commit_stats: Arc<CommitStats>,
     dir: Arc<PathBuf>,
     faults: Arc<FaultInjection>,
 }
@@ -169,7 +180,9 @@ impl Journal {
         let faults = Arc::new(FaultInjection::default());
         let (tx, rx) = mpsc::channel();
         let done = Arc::new(DoneList::default());
+        let commit_stats = Arc::new(CommitStats::default());
         let mut writer = Writer {
+            commit_stats: commit_stats.clone(),
             done_list: done.clone(),
             dir: dir.to_path_buf(),
             segment_size,
@@ -189,6 +202,7 @@ impl Journal {
             Journal {
                 tx,
                 done,
+                commit_stats,
                 dir: Arc::new(dir.to_path_buf()),
                 faults,
             },
@@ -225,6 +239,10 @@ impl Journal {
 
     pub fn faults(&self) -> &FaultInjection {
         &self.faults
+    }
+
+    pub fn commit_stats(&self) -> &CommitStats {
+        &self.commit_stats
     }
 
     /// Reads a message's bytes back (for deliveries after a restart or a
@@ -432,6 +450,7 @@ struct Writer {
     done_dirty: bool,
     last_done_sync: Instant,
     done_list: Arc<DoneList>,
+    commit_stats: Arc<CommitStats>,
     faults: Arc<FaultInjection>,
 }
 
@@ -505,6 +524,10 @@ impl Writer {
     fn commit(&mut self, appends: Vec<PendingAppend>) {
         match self.write_batch(&appends) {
             Ok(locs) => {
+                self.commit_stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.commit_stats
+                    .records
+                    .fetch_add(locs.len() as u64, Ordering::Relaxed);
                 for ((_, reply), loc) in appends.into_iter().zip(locs) {
                     *self.pending.entry(loc.segment).or_default() += 1;
                     let _ = reply.send(Ok(loc));

@@ -143,6 +143,12 @@ impl Queue {
         &self.inner.stats
     }
 
+    /// Group-commit figures (commits, records), for metrics and the
+    /// shutdown summary.
+    pub fn commit_stats(&self) -> &journal::CommitStats {
+        self.inner.journal.commit_stats()
+    }
+
     /// Test seam for disk-full and fsync-failure tests.
     pub fn faults(&self) -> &FaultInjection {
         self.inner.journal.faults()
