@@ -35,6 +35,11 @@
 #   BENCH_DIR [/var/tmp] parent of the work dir
 #   GATEHOUSE_BIN / TLS_BENCH_BIN  use these binaries instead of building
 #   KEEP_WORK=1 keep the work dir
+#   PIN [0] 1 = run every server on CPU 0 and the client on CPU 1
+#      (taskset), so each server gets one core to itself and the client
+#      cannot steal it: sessions/s then measures handshakes per server
+#      core, the figure seed 000 asks for. Postfix's master and every
+#      child it forks (smtpd, tlsmgr, ...) inherit the affinity.
 # Needs root (Postfix's master), postfix, openssl, python3, cargo.
 set -euo pipefail
 
@@ -48,6 +53,16 @@ PREWARM=${PREWARM:-2}
 KX=${KX:-default}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 BAR=3
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then
+    command -v taskset >/dev/null 2>&1 || { echo "[bench] FATAL: taskset not found (apt-get install util-linux)" >&2; exit 1; }
+    [ "$(nproc)" -ge 2 ] || { echo "[bench] FATAL: PIN=1 needs 2 CPUs" >&2; exit 1; }
+    ON_SERVER_CPU=(taskset -c 0)
+    ON_CLIENT_CPU=(taskset -c 1)
+else
+    ON_SERVER_CPU=()
+    ON_CLIENT_CPU=()
+fi
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -143,7 +158,7 @@ delivery = "discard"
 EOF
 "$GH_BIN" check-config --config "$WORK/gatehouse.toml" >&2 || die "gatehouse check-config failed"
 say "starting gatehouse (127.0.0.1:$GH_PORT)"
-"$GH_BIN" serve --config "$WORK/gatehouse.toml" >"$WORK/gatehouse.stdout" 2>"$WORK/gatehouse.stderr" &
+"${ON_SERVER_CPU[@]}" "$GH_BIN" serve --config "$WORK/gatehouse.toml" >"$WORK/gatehouse.stdout" 2>"$WORK/gatehouse.stderr" &
 GH_PID=$!
 wait_port "$GH_PORT" 30 "$GH_PID" || die "gatehouse not accepting on 127.0.0.1:$GH_PORT"
 
@@ -212,13 +227,13 @@ private_postfix_master_cf "$PF/etc/master.cf" "$PF_PORT" \
     "tlsmgr    unix  -       -       n       1000?   1       tlsmgr"
 say "starting private postfix: postfix -c $PF/etc start (127.0.0.1:$PF_PORT)"
 postfix -c "$PF/etc" check >&2 || die "postfix -c $PF/etc check failed"
-postfix -c "$PF/etc" start >&2 || die "postfix -c $PF/etc start failed"
+"${ON_SERVER_CPU[@]}" postfix -c "$PF/etc" start >&2 || die "postfix -c $PF/etc start failed"
 PF_STARTED=1
 wait_port "$PF_PORT" 30 || die "private postfix not accepting on 127.0.0.1:$PF_PORT"
 
 # --- raw rustls server (ceiling) -------------------------------------------------------------
 RAW_PORT=$(freeport "$GH_PORT" "$PF_PORT")
-"$TB_BIN" --serve-raw "$RAW_PORT" >"$WORK/raw.stdout" 2>"$WORK/raw.stderr" &
+"${ON_SERVER_CPU[@]}" "$TB_BIN" --serve-raw "$RAW_PORT" >"$WORK/raw.stdout" 2>"$WORK/raw.stderr" &
 RAW_PID=$!
 wait_port "$RAW_PORT" 30 "$RAW_PID" || die "raw rustls server not accepting on 127.0.0.1:$RAW_PORT"
 
@@ -251,7 +266,7 @@ os:        $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")
 postfix:   $(postconf -d -h mail_version 2>/dev/null), $(openssl version)
 gatehouse: $GH_BIN $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "(no commit)")
 cert:      $CERT_CHECK
-load:      tls_bench, SESSIONS=$SESSIONS concurrent, DURATION=${DURATION}s (+${WARMUP}s warm-up) per run, KX=$KX, 127.0.0.1
+load:      tls_bench, SESSIONS=$SESSIONS concurrent, DURATION=${DURATION}s (+${WARMUP}s warm-up) per run, KX=$KX, PIN=$PIN, 127.0.0.1
 EOF
 )
 
@@ -270,7 +285,7 @@ run() { # target kind(full|resumed|resumed12) mode port [extra tls_bench args...
     pid=$(pid_of "$target")
     [ -n "$pid" ] && flags+=(--server-pid "$pid")
     say "run: $target, $kind ($mode, 127.0.0.1:$port)"
-    if ! out=$("$TB_BIN" --addr "127.0.0.1:$port" --mode "$mode" --sessions "$SESSIONS" \
+    if ! out=$("${ON_CLIENT_CPU[@]}" "$TB_BIN" --addr "127.0.0.1:$port" --mode "$mode" --sessions "$SESSIONS" \
             --duration "$DURATION" --warmup "$WARMUP" --kx "$KX" --label "$target-$kind" \
             "${flags[@]}" "$@" 2>&1); then
         printf '%s\n' "$out" | sed 's/^/    /' >&2
@@ -290,7 +305,7 @@ run() { # target kind(full|resumed|resumed12) mode port [extra tls_bench args...
 for target in postfix gatehouse; do
     port=$PF_PORT; [ "$target" = gatehouse ] && port=$GH_PORT
     say "warm-up: $target, ${PREWARM}s"
-    "$TB_BIN" --addr "127.0.0.1:$port" --mode starttls --sessions "$SESSIONS" --duration "$PREWARM" \
+    "${ON_CLIENT_CPU[@]}" "$TB_BIN" --addr "127.0.0.1:$port" --mode starttls --sessions "$SESSIONS" --duration "$PREWARM" \
         --warmup 0 --kx "$KX" >/dev/null 2>&1 || say "  warm-up against $target reported errors"
 done
 for kind in full resumed resumed12; do
