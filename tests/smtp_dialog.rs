@@ -164,3 +164,20 @@ async fn smtputf8_address_needs_the_parameter() {
     );
     assert_eq!(c.cmd("RCPT TO:<b\u{f6}b@example.test>").await.code, 250);
 }
+
+/// Found by fuzzing: a multi-byte character across the fifth byte made
+/// the AUTH log redaction slice inside it and kill the session task.
+#[tokio::test(flavor = "multi_thread")]
+async fn multibyte_text_where_a_verb_ends_gets_a_reply_and_the_session_lives() {
+    let t = TestServer::start().await;
+    let mut c = Client::greeted(t.addr).await;
+    for line in [
+        "AUTH\u{e9}PLAIN",
+        "RCPT TO\u{5e4}12",
+        "MAIL FRO\u{e9}:<a@sender.test>",
+    ] {
+        let r = c.cmd(line).await;
+        assert!((500..=504).contains(&r.code), "{line:?} got {r:?}");
+    }
+    assert_eq!(c.cmd("NOOP").await.code, 250);
+}

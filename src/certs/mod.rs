@@ -48,7 +48,9 @@ mod store;
 
 pub use error::CertError;
 pub use select::{MatchedBy, Selection, choose, name_matches, select};
-pub use store::{CertDetails, CertStore, LoadProblem, LoadReport, LoadedCert, PendingRequest};
+pub use store::{
+    CertDetails, CertStore, LoadProblem, LoadReport, LoadedCert, PendingRequest, parse_import_file,
+};
 
 use std::fmt;
 use std::str::FromStr;

@@ -904,6 +904,23 @@ fn load_key(e: &Entry) -> Result<CertifiedKey, String> {
     }
 }
 
+/// Parses an import file the way `cert import` does up to the point where
+/// the store would be touched: splits it into certificates and keys (PEM,
+/// DER or PKCS#12 with `password`) and inspects every certificate.
+/// Returns the number of certificates and keys. This is the fuzzing seam
+/// for untrusted certificate files (fuzz/fuzz_targets/cert_import.rs).
+pub fn parse_import_file(data: &[u8], password: Option<&str>) -> Result<(usize, usize), CertError> {
+    let file = Path::new("<input>");
+    let material = read_material(data, password, file)?;
+    for der in &material.certs {
+        inspect::facts(der).map_err(|reason| CertError::BadCertificate {
+            path: file.to_path_buf(),
+            reason,
+        })?;
+    }
+    Ok((material.certs.len(), material.keys.len()))
+}
+
 /// Splits an import file into certificates and keys (PEM, DER or PKCS#12).
 fn read_material(data: &[u8], password: Option<&str>, file: &Path) -> Result<Material, CertError> {
     let looks_pem = data.windows(11).any(|w| w == b"-----BEGIN ");

@@ -136,10 +136,13 @@ pub fn parse(line: &str, utf8_tx: bool) -> Result<Command, Reply> {
 /// Splits `FROM:<path> params` (keyword already matched case-insensitively).
 /// A space after the colon is tolerated: many clients send it.
 fn split_path<'a>(rest: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
-    if rest.len() < keyword.len() || !rest[..keyword.len()].eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let after = rest[keyword.len()..].trim_start_matches(' ');
+    // `get` rather than indexing: the line is client text and a multi-byte
+    // character may straddle the keyword's length (found by fuzzing).
+    let after = match rest.get(..keyword.len()) {
+        Some(k) if k.eq_ignore_ascii_case(keyword) => &rest[keyword.len()..],
+        _ => return None,
+    };
+    let after = after.trim_start_matches(' ');
     if !after.starts_with('<') {
         return Some((after.split(' ').next().unwrap_or(""), ""));
     }
@@ -450,6 +453,33 @@ mod tests {
             let Ok(Command::Mail(m)) = parse(&line, false) else { return Err(TestCaseError::fail(line)); };
             let Path::Mailbox(mb) = m.path else { return Err(TestCaseError::fail("not a mailbox")); };
             prop_assert_eq!(mb.to_string(), format!("{local}@{domain}"));
+        }
+    }
+
+    /// Found by fuzz/smtp_command: a multi-byte character where `TO:` or
+    /// `FROM:` should be made the keyword check slice inside it and panic.
+    #[test]
+    fn multibyte_character_in_place_of_the_keyword_is_a_syntax_error() {
+        for line in [
+            "RCPT TO\u{5e4}12Nl [110.1]",
+            "RCPT T\u{e9}:<a@example.test>",
+            "MAIL FRO\u{e9}:<a@example.test>",
+            "MAIL \u{1f600}",
+            "RCPT \u{e9}",
+        ] {
+            for utf8 in [false, true] {
+                let reply = parse(line, utf8).expect_err(line);
+                assert_eq!(reply.code, 501, "{line}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_after_a_verb_gets_a_command_or_a_reply(verb in "(MAIL|RCPT|EHLO|HELO|AUTH|BDAT|VRFY) ?", rest in any::<String>()) {
+            let line = format!("{verb}{rest}");
+            let _ = parse(&line, false);
+            let _ = parse(&line, true);
         }
     }
 }

@@ -184,9 +184,15 @@ impl Session {
                     continue;
                 }
             };
-            if text.len() > 5 && text[..5].eq_ignore_ascii_case("AUTH ") {
+            // `get`, not indexing: client text may put a multi-byte
+            // character across byte 5 (found by fuzzing).
+            if let Some(args) = text
+                .get(..5)
+                .filter(|verb| verb.eq_ignore_ascii_case("AUTH "))
+                .map(|_| &text[5..])
+            {
                 // Never log credentials: mechanism only.
-                let mech = text[5..].split(' ').next().unwrap_or("");
+                let mech = args.split(' ').next().unwrap_or("");
                 self.log.received(&format!("AUTH {mech} ****"));
             } else {
                 self.log.received(text);
