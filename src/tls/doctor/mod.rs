@@ -27,7 +27,7 @@ pub mod legacy;
 mod smtp;
 mod target;
 
-pub use chain::{ChainCert, msstd_check, name_check};
+pub use chain::{ChainCert, msstd_check, name_check, summarize};
 pub use legacy::{LegacyAnswer, LegacyVersion, client_hello, read_answer};
 pub use target::{Scheme, Target, TargetError};
 
