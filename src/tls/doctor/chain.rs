@@ -185,6 +185,14 @@ pub fn trust_check(
             fail("a signature in the chain does not verify (wrong intermediate sent?)".into())
         }
         CertificateError::BadEncoding => fail("a certificate in the chain is malformed".into()),
+        // webpki reports a CA certificate used as the server certificate
+        // only through `Other`; `openssl req -x509` makes such certificates
+        // by default, so name it.
+        other if format!("{other:?}").contains("CaUsedAsEndEntity") => fail(format!(
+            "the server certificate{} is a CA certificate (basicConstraints CA:TRUE), which \
+             webpki-based clients refuse as a server certificate; reissue it with CA:FALSE",
+            leaf.map(|l| format!(" ({})", l.subject)).unwrap_or_default()
+        )),
         other => fail(format!("chain refused: {other:?}")),
     }
 }
