@@ -498,3 +498,105 @@ fn every_documented_bit_round_trips() {
     assert!(protocols::seed_correction(0xA8).is_some());
     assert!(protocols::seed_correction(0xA08).is_some());
 }
+
+/// A TLS-only server (no application protocol) presenting `chain`.
+async fn tls_server(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> SocketAddr {
+    gatehouse::tls::install_provider();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(s).await {
+                    let mut buf = [0u8; 512];
+                    let _ = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut buf)).await;
+                    let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn ca(name: &str) -> (rcgen::CertificateParams, rcgen::KeyPair, rcgen::Certificate) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let cert = p.self_signed(&key).unwrap();
+    (p, key, cert)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn untrusted_issuer_and_expired_chains_are_named() {
+    let (ca_params, ca_key, ca_cert) = ca("Doctor Test CA");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["web.example.test".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let addr = tls_server(vec![leaf.der().clone()], &leaf_key).await;
+    let mut o = opts(&format!("https://{addr}"));
+    o.expect_name = Some("web.example.test".into());
+    let r = doctor::probe(&o).await.unwrap();
+    assert_eq!(verdict(&r, "trust"), Verdict::Fail, "{r}");
+    assert!(
+        detail(&r, "trust")
+            .starts_with("untrusted issuer: \"CN=Doctor Test CA\" is not in webpki-roots"),
+        "{r}"
+    );
+    assert_eq!(verdict(&r, "name"), Verdict::Ok, "{r}");
+    assert_eq!(r.chain[0].issuer, "CN=Doctor Test CA");
+    // The same chain with the CA trusted through --ca-file.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+    o.ca_file = Some(ca_pem);
+    let r = doctor::probe(&o).await.unwrap();
+    assert_eq!(verdict(&r, "trust"), Verdict::Ok, "{r}");
+    assert_eq!(r.exit_code(), 0, "{r}");
+
+    // An expired leaf from the trusted CA.
+    let old_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["web.example.test".to_string()]).unwrap();
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let old = p.signed_by(&old_key, &issuer).unwrap();
+    let addr = tls_server(vec![old.der().clone()], &old_key).await;
+    o.target = format!("https://{addr}").parse().unwrap();
+    let r = doctor::probe(&o).await.unwrap();
+    assert_eq!(verdict(&r, "trust"), Verdict::Fail, "{r}");
+    assert!(
+        detail(&r, "trust").starts_with("expired certificate: CN=rcgen self signed cert"),
+        "{r}"
+    );
+    assert_eq!(verdict(&r, "expiry"), Verdict::Fail, "{r}");
+    assert!(
+        detail(&r, "expiry").contains("day(s) ago (not after 2021-01-01T00:00:00.000Z)"),
+        "{r}"
+    );
+    assert_eq!(r.exit_code(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_ca_file_is_a_precise_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("empty.pem");
+    std::fs::write(&f, "not a certificate\n").unwrap();
+    let mut o = opts("https://127.0.0.1:9");
+    o.ca_file = Some(f);
+    let e = doctor::probe(&o).await.unwrap_err().to_string();
+    assert!(e.contains("no PEM CERTIFICATE block"), "{e}");
+}
