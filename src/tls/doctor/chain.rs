@@ -243,7 +243,7 @@ pub fn name_check(leaf: &ChainCert, name: &str) -> Check {
     let dns: Vec<&str> = leaf.dns_names().collect();
     if name.parse::<std::net::IpAddr>().is_ok() {
         let want = format!("IP:{name}");
-        return if leaf.sans.iter().any(|s| *s == want) {
+        return if leaf.sans.contains(&want) {
             Check::new("name", Verdict::Ok, format!("{name} matches SAN {want}"))
         } else {
             Check::new(

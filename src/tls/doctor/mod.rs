@@ -454,10 +454,15 @@ pub async fn probe(opts: &Options) -> Result<Report, ProbeError> {
         };
         checks.push(check);
     }
-    if !offered12 && !offered13 {
-        if let Some(c) = checks.iter_mut().find(|c| c.name == "tls1.2") {
-            c.verdict = Verdict::Fail;
-        }
+    // Without TLS 1.2 or 1.3 no current client (and no Microsoft 365
+    // connector) can talk to the server at all.
+    if !offered12
+        && !offered13
+        && let Some(c) = checks.iter_mut().find(|c| c.name == "tls1.2")
+    {
+        c.verdict = Verdict::Fail;
+        c.detail
+            .push_str("; TLS 1.3 is not offered either: current clients cannot connect");
     }
 
     // 4. Legacy versions, with hand-built hellos.
