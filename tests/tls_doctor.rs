@@ -246,7 +246,9 @@ async fn connector_without_tls_fails_the_starttls_check() {
 /// A server that speaks only TLS 1.0, as far as the first flight goes:
 /// it answers a TLS 1.0 ClientHello with a hand-built ServerHello
 /// (RFC 2246 7.4.1.3) and anything else with a protocol_version alert.
-async fn tls10_only_server() -> SocketAddr {
+/// With `cbc12`, it also answers every TLS 1.2 hello with a ServerHello
+/// choosing ECDHE-RSA-AES128-SHA256 (CBC), which rustls does not offer.
+async fn legacy_server(cbc12: bool) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -263,11 +265,18 @@ async fn tls10_only_server() -> SocketAddr {
                 }
                 // handshake type(1) length(3) client_version(2)
                 let offered = body.get(4..6).map(|v| u16::from_be_bytes([v[0], v[1]]));
-                let answer = if offered == Some(0x0301) {
-                    let mut sh = vec![0x03, 0x01];
+                let answer = if offered == Some(0x0301) || (cbc12 && offered == Some(0x0303)) {
+                    let v = offered.unwrap_or_default().to_be_bytes();
+                    let suite: [u8; 2] = if v[1] == 3 {
+                        [0xc0, 0x27]
+                    } else {
+                        [0xc0, 0x14]
+                    };
+                    let mut sh = vec![v[0], v[1]];
                     sh.extend_from_slice(&[0x5a; 32]);
                     sh.push(0); // session id
-                    sh.extend_from_slice(&[0xc0, 0x14, 0x00]); // suite, null compression
+                    sh.extend_from_slice(&suite);
+                    sh.push(0); // null compression
                     let mut hs = vec![0x02, 0, 0, sh.len() as u8];
                     hs.extend_from_slice(&sh);
                     let mut rec = vec![0x16, 0x03, 0x01, 0, hs.len() as u8];
@@ -286,7 +295,7 @@ async fn tls10_only_server() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_tls10_server_is_detected_and_fails() {
-    let addr = tls10_only_server().await;
+    let addr = legacy_server(false).await;
     let r = doctor::probe(&opts(&format!("smtps://{addr}")))
         .await
         .unwrap();
@@ -599,4 +608,19 @@ async fn bad_ca_file_is_a_precise_error() {
     o.ca_file = Some(f);
     let e = doctor::probe(&o).await.unwrap_err().to_string();
     assert!(e.contains("no PEM CERTIFICATE block"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cbc_only_tls12_is_reported_as_weak_not_absent() {
+    let addr = legacy_server(true).await;
+    let r = doctor::probe(&opts(&format!("https://{addr}")))
+        .await
+        .unwrap();
+    assert!(
+        detail(&r, "tls1.2").starts_with("offered only with a weak suite (0xC027"),
+        "{r}"
+    );
+    assert_eq!(verdict(&r, "tls1.0"), Verdict::Fail, "{r}");
+    assert!(detail(&r, "tls1.3").starts_with("not offered"), "{r}");
+    assert_eq!(r.exit_code(), 1);
 }

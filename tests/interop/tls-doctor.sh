@@ -11,6 +11,8 @@
 #   2. nginx, ssl_protocols TLSv1 TLSv1.1 TLSv1.2, https://: tls1.0/tls1.1
 #      OFFERED (FAIL), tls1.2 OK, trust/name OK with --ca-file, resumption,
 #      exit 1.
+#   2b. nginx, TLS 1.2 with only AES128-SHA256 (CBC, RSA key exchange):
+#      reported as TLS 1.2 with a weak suite, not as "no TLS 1.2".
 #   3. private Postfix, smtpd_tls_protocols allowing TLSv1/TLSv1.1, smtp://
 #      (STARTTLS): tls1.0/tls1.1 OFFERED, exit 1.
 #   4. Gatehouse smtp (STARTTLS) and smtps: TLS 1.2 and 1.3 offered, 1.0/1.1
@@ -149,14 +151,14 @@ s_client() {
 LEGACY=legacy.example.test
 # CA:FALSE: `openssl req -x509` marks certificates as CAs by default, which
 # webpki (rightly) refuses as a server certificate (CaUsedAsEndEntity).
-openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$LEGACY" \
+openssl req -x509 -newkey rsa:2048 -nodes -days 20 -subj "/CN=$LEGACY" \
     -addext "subjectAltName=DNS:$LEGACY" -addext "basicConstraints=critical,CA:FALSE" \
     -keyout "$WORK/legacy.key" -out "$WORK/legacy.crt" >"$WORK/openssl-req.log" 2>&1 \
     || { cat "$WORK/openssl-req.log"; die "openssl req failed"; }
 chmod 644 "$WORK/legacy.key"
 
 # --- nginx: one legacy-only server, one legacy + TLS 1.2 ---------------------------
-read -r P_OLD P_MIX P_PF P_SMTP P_SMTPS < <(freeports 5)
+read -r P_OLD P_MIX P_CBC P_PF P_SMTP P_SMTPS < <(freeports 6)
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<EOF
 worker_processes 1;
@@ -184,14 +186,20 @@ http {
         ssl_protocols TLSv1 TLSv1.1 TLSv1.2;
         location / { return 200 "legacy and 1.2\n"; }
     }
+    server {
+        listen 127.0.0.1:$P_CBC ssl;
+        ssl_protocols TLSv1.2;
+        ssl_ciphers AES128-SHA256:@SECLEVEL=0;
+        location / { return 200 "TLS 1.2 with CBC and RSA key exchange only\n"; }
+    }
 }
 EOF
 "$NGINX" -t -p "$WORK/nginx" -c "$WORK/nginx.conf" >"$WORK/nginx-t.log" 2>&1 \
     || { cat "$WORK/nginx-t.log"; die "nginx -t rejected the config"; }
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx.conf" -g 'daemon off;' >"$WORK/nginx.out" 2>&1 &
 NGINX_PID=$!
-wait_port "$P_OLD" 20 "$NGINX_PID" && wait_port "$P_MIX" 20 "$NGINX_PID" \
-    || die "nginx is not listening on $P_OLD/$P_MIX"
+wait_port "$P_OLD" 20 "$NGINX_PID" && wait_port "$P_MIX" 20 "$NGINX_PID" && wait_port "$P_CBC" 20 "$NGINX_PID" \
+    || die "nginx is not listening on $P_OLD/$P_MIX/$P_CBC"
 say "nginx up: legacy-only 127.0.0.1:$P_OLD, legacy+1.2 127.0.0.1:$P_MIX"
 
 LEG=(-cipher 'DEFAULT:@SECLEVEL=0' -servername "$LEGACY")
@@ -205,7 +213,11 @@ probe nginx-legacy-only 1 "https://127.0.0.1:$P_OLD" --expect-name "$LEGACY" --c
 probe nginx-legacy-and-tls12 1 "https://127.0.0.1:$P_MIX" --expect-name "$LEGACY" --ca-file "$WORK/legacy.crt" \
     --msstd "msstd:$LEGACY" -- \
     "tls1.0=FAIL~OFFERED" "tls1.1=FAIL~OFFERED" "tls1.2=OK~offered" "tls1.3=WARN~not offered" \
-    "cipher=OK~TLS 1.2" "trust=OK" "name=OK" "msstd=OK" "expiry=WARN~29 day" "resume-tls1.2=OK~session id"
+    "cipher=OK~TLS 1.2" "trust=OK" "name=OK" "msstd=OK" "expiry=WARN~day(s) left" "resume-tls1.2=OK~session id"
+
+# TLS 1.2 with only a suite rustls lacks: "weak", not "no TLS 1.2".
+probe nginx-cbc-only-tls12 1 "https://127.0.0.1:$P_CBC" --expect-name "$LEGACY" --ca-file "$WORK/legacy.crt" -- \
+    "tls1.2=FAIL~offered only with a weak suite (0x003C" "tls1.0=OK~not offered" "tls1.1=OK~not offered" "handshake=FAIL"
 
 probe nginx-untrusted 1 "https://127.0.0.1:$P_MIX" --expect-name "wrong.example.test" -- \
     "trust=FAIL~self-signed certificate (CN=$LEGACY)" "name=FAIL~not valid for wrong.example.test"

@@ -1,5 +1,6 @@
 //! Legacy protocol detection: a hand-built ClientHello for SSL 3.0,
-//! TLS 1.0 or TLS 1.1, and a reader for the server's first answer.
+//! TLS 1.0, TLS 1.1 or a CBC-only TLS 1.2, and a reader for the server's
+//! first answer.
 //!
 //! rustls cannot speak anything older than TLS 1.2, so to learn whether a
 //! server still *accepts* TLS 1.0/1.1 we write the ClientHello ourselves
@@ -7,6 +8,12 @@
 //! the ServerHello: a server that answers with a ServerHello carrying the
 //! version we offered has agreed to speak it. No key exchange follows; we
 //! close the connection after the first answer.
+//!
+//! The TLS 1.2 variant exists for servers (Windows 2008 R2-era Exchange,
+//! old appliances) whose TLS 1.2 has only CBC or RSA-key-exchange suites,
+//! which rustls does not implement: without it the doctor would call such
+//! a server "no TLS 1.2" when the truth is "TLS 1.2 with suites modern
+//! clients refuse".
 //!
 //! The hello offers the suites such servers actually pick (ECDHE/DHE/RSA
 //! with AES-CBC, 3DES, RC4) and, from TLS 1.0 on, the extensions OpenSSL
@@ -26,6 +33,8 @@ pub enum LegacyVersion {
     Ssl3,
     Tls10,
     Tls11,
+    /// TLS 1.2 with CBC and RSA-key-exchange suites only.
+    Tls12Legacy,
 }
 
 impl LegacyVersion {
@@ -35,6 +44,7 @@ impl LegacyVersion {
             LegacyVersion::Ssl3 => 0x0300,
             LegacyVersion::Tls10 => 0x0301,
             LegacyVersion::Tls11 => 0x0302,
+            LegacyVersion::Tls12Legacy => 0x0303,
         }
     }
 
@@ -43,6 +53,7 @@ impl LegacyVersion {
             LegacyVersion::Ssl3 => "SSL 3.0",
             LegacyVersion::Tls10 => "TLS 1.0",
             LegacyVersion::Tls11 => "TLS 1.1",
+            LegacyVersion::Tls12Legacy => "TLS 1.2",
         }
     }
 }
@@ -68,17 +79,35 @@ const SUITES: [u16; 11] = [
     0x00ff, // TLS_EMPTY_RENEGOTIATION_INFO_SCSV
 ];
 
+/// Suites a TLS 1.2 server may have that rustls lacks: CBC with SHA-256
+/// and RSA key exchange with GCM (no forward secrecy).
+const TLS12_EXTRA_SUITES: [u16; 8] = [
+    0xc028, // ECDHE-RSA-AES256-SHA384
+    0xc027, // ECDHE-RSA-AES128-SHA256
+    0xc024, // ECDHE-ECDSA-AES256-SHA384
+    0xc023, // ECDHE-ECDSA-AES128-SHA256
+    0x009d, // AES256-GCM-SHA384 (RSA key exchange)
+    0x009c, // AES128-GCM-SHA256 (RSA key exchange)
+    0x003d, // AES256-SHA256
+    0x003c, // AES128-SHA256
+];
+
 /// Builds a complete handshake record holding a ClientHello that offers
-/// exactly `version`. `sni` is sent for TLS 1.0 and 1.1 when it is a DNS
+/// exactly `version`. `sni` is sent from TLS 1.0 on when it is a DNS
 /// name (RFC 6066 3 forbids IP literals).
 pub fn client_hello(version: LegacyVersion, sni: Option<&str>, random: [u8; 32]) -> Vec<u8> {
     let mut body = Vec::with_capacity(128);
     body.extend_from_slice(&version.wire().to_be_bytes());
     body.extend_from_slice(&random);
     body.push(0); // empty session id
-    put_u16(&mut body, (SUITES.len() * 2) as u16);
-    for s in SUITES {
-        put_u16(&mut body, s);
+    let suites: &[u16] = if version == LegacyVersion::Tls12Legacy {
+        &TLS12_EXTRA_SUITES
+    } else {
+        &[]
+    };
+    put_u16(&mut body, ((SUITES.len() + suites.len()) * 2) as u16);
+    for s in suites.iter().chain(SUITES.iter()) {
+        put_u16(&mut body, *s);
     }
     body.extend_from_slice(&[1, 0]); // compression methods: null
     if version != LegacyVersion::Ssl3 {
@@ -100,6 +129,14 @@ pub fn client_hello(version: LegacyVersion, sni: Option<&str>, random: [u8; 32])
         ]);
         // ec_point_formats: uncompressed.
         ext.extend_from_slice(&[0x00, 0x0b, 0x00, 0x02, 0x01, 0x00]);
+        if version == LegacyVersion::Tls12Legacy {
+            // signature_algorithms (RFC 5246 7.4.1.4.1): without it a TLS 1.2
+            // server must assume SHA-1, which some refuse.
+            ext.extend_from_slice(&[
+                0x00, 0x0d, 0x00, 0x0c, 0x00, 0x0a, 0x04, 0x01, 0x04, 0x03, 0x08, 0x04, 0x02, 0x01,
+                0x02, 0x03,
+            ]);
+        }
         put_u16(&mut body, ext.len() as u16);
         body.extend_from_slice(&ext);
     }
@@ -299,6 +336,7 @@ mod tests {
             LegacyVersion::Ssl3,
             LegacyVersion::Tls10,
             LegacyVersion::Tls11,
+            LegacyVersion::Tls12Legacy,
         ] {
             let rec = client_hello(v, Some("mx.example.test"), [7; 32]);
             let rec_len = usize::from(u16::from_be_bytes([rec[3], rec[4]]));

@@ -376,7 +376,10 @@ pub async fn probe(opts: &Options) -> Result<Report, ProbeError> {
                 checks.push(Check::new(
                     "starttls",
                     Verdict::Ok,
-                    format!("advertised and accepted ({})", f.starttls_reply),
+                    format!(
+                        "advertised and accepted ({}); greeting: {}",
+                        f.starttls_reply, f.banner
+                    ),
                 ));
             }
         }
@@ -450,7 +453,22 @@ pub async fn probe(opts: &Options) -> Result<Report, ProbeError> {
                 Verdict::Warn,
                 format!("not offered ({e}); TLS 1.3 is faster and forward-secret by design"),
             ),
-            Err(e) => Check::new(key, Verdict::Warn, format!("not offered ({e})")),
+            Err(e) => match legacy_probe(target, opts, LegacyVersion::Tls12Legacy).await {
+                // TLS 1.2 is there, but only with suites rustls (and every
+                // current browser) refuses.
+                Ok(LegacyAnswer::ServerHello {
+                    version: 0x0303,
+                    cipher,
+                }) => Check::new(
+                    key,
+                    Verdict::Warn,
+                    format!(
+                        "offered only with a weak suite (0x{cipher:04X}: CBC or RSA key exchange) that \
+                         modern clients refuse ({e}); enable ECDHE with AES-GCM"
+                    ),
+                ),
+                _ => Check::new(key, Verdict::Warn, format!("not offered ({e})")),
+            },
         };
         checks.push(check);
     }
