@@ -185,7 +185,8 @@ pub async fn session(
         resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
     };
     if exchange {
-        super::within(Step::Exchange, secs, talk(target, &mut tls)).await?;
+        let host = opts.server_name().unwrap_or_else(|| target.host.clone());
+        super::within(Step::Exchange, secs, talk(target, &host, &mut tls)).await?;
     }
     Ok(s)
 }
@@ -193,6 +194,7 @@ pub async fn session(
 /// A polite exchange inside TLS: SMTP EHLO + QUIT, or an HTTP HEAD.
 async fn talk(
     target: &Target,
+    host: &str,
     tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 ) -> Result<(), ProbeError> {
     let step = Step::Exchange;
@@ -215,8 +217,7 @@ async fn talk(
         }
         super::Scheme::Https => {
             let req = format!(
-                "HEAD / HTTP/1.1\r\nHost: {}\r\nUser-Agent: gatehouse-tls-doctor\r\nConnection: close\r\n\r\n",
-                target.host
+                "HEAD / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gatehouse-tls-doctor\r\nConnection: close\r\n\r\n"
             );
             tls.write_all(req.as_bytes())
                 .await

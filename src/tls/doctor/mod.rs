@@ -67,7 +67,7 @@ impl Options {
     }
 
     /// The name for SNI and the name check.
-    fn server_name(&self) -> Option<String> {
+    pub(crate) fn server_name(&self) -> Option<String> {
         self.expect_name
             .clone()
             .or_else(|| (!self.target.host_is_ip()).then(|| self.target.host.clone()))
@@ -98,7 +98,8 @@ impl fmt::Display for Verdict {
 pub struct Check {
     /// Stable key: `starttls`, `tls1.3`, `tls1.2`, `tls1.1`, `tls1.0`,
     /// `ssl3`, `cipher`, `trust`, `expiry`, `name`, `msstd`,
-    /// `resume-tls1.3`, `resume-tls1.2`, `connect`, `handshake`.
+    /// `resume-tls1.3`, `resume-tls1.2`, `connect`, `handshake`, `chain`
+    /// (a certificate that cannot be parsed).
     pub name: String,
     pub verdict: Verdict,
     pub detail: String,
@@ -342,8 +343,11 @@ fn rustls_name(opts: &Options) -> Result<ServerName<'static>, ProbeError> {
     let name = opts
         .server_name()
         .unwrap_or_else(|| opts.target.host.clone());
-    ServerName::try_from(name.clone())
-        .map_err(|_| ProbeError::Setup(format!("{name:?} is not a valid server name")))
+    ServerName::try_from(name.clone()).map_err(|_| {
+        ProbeError::Setup(format!(
+            "{name:?} is not a valid DNS name or IP address (--expect-name)"
+        ))
+    })
 }
 
 /// Runs every check against the target. Only set-up problems (a bad
@@ -558,12 +562,12 @@ pub async fn probe(opts: &Options) -> Result<Report, ProbeError> {
             }
         }
         None => {
-            if opts.msstd.is_some() || opts.expect_name.is_some() {
-                checks.push(Check::new(
-                    "name",
-                    Verdict::Fail,
-                    "no certificate to check: no TLS 1.2/1.3 handshake succeeded",
-                ));
+            let why = "no certificate to check: no TLS 1.2/1.3 handshake succeeded";
+            if opts.expect_name.is_some() {
+                checks.push(Check::new("name", Verdict::Fail, why));
+            }
+            if opts.msstd.is_some() {
+                checks.push(Check::new("msstd", Verdict::Fail, why));
             }
         }
     }
