@@ -624,3 +624,53 @@ async fn cbc_only_tls12_is_reported_as_weak_not_absent() {
     assert!(detail(&r, "tls1.3").starts_with("not offered"), "{r}");
     assert_eq!(r.exit_code(), 1);
 }
+
+/// An SMTP server that serves one STARTTLS dialog, then greets every later
+/// connection with a 421 (as a per-client rate limit would).
+async fn rate_limited_smtp_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut s, _)) = l.accept().await {
+            n += 1;
+            if n > 1 {
+                let _ = s
+                    .write_all(b"421 4.7.0 too many connections from you\r\n")
+                    .await;
+                continue;
+            }
+            let mut c = Client::over(s);
+            c.send(b"220 limited.example.test ESMTP\r\n").await;
+            let _ = c.reply().await; // EHLO, read as a "reply" line
+            c.send(b"250-limited.example.test\r\n250 STARTTLS\r\n")
+                .await;
+            let _ = c.reply().await; // STARTTLS
+            c.send(b"220 2.0.0 go ahead\r\n").await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_later_connections_are_not_mistaken_for_missing_versions() {
+    let addr = rate_limited_smtp_server().await;
+    let r = doctor::probe(&opts(&format!("smtp://{addr}")))
+        .await
+        .unwrap();
+    assert_eq!(verdict(&r, "starttls"), Verdict::Ok, "{r}");
+    assert_eq!(verdict(&r, "connect"), Verdict::Fail, "{r}");
+    assert!(
+        detail(&r, "connect").contains("421 4.7.0 too many connections"),
+        "{r}"
+    );
+    for key in ["tls1.3", "tls1.2", "tls1.1", "tls1.0", "ssl3"] {
+        assert_eq!(verdict(&r, key), Verdict::Warn, "{key}: {r}");
+        assert!(
+            detail(&r, key).starts_with("could not test: refused waiting for the SMTP greeting"),
+            "{r}"
+        );
+    }
+    assert!(r.check("handshake").is_none(), "{r}");
+    assert_eq!(r.exit_code(), 1);
+}

@@ -427,10 +427,21 @@ pub async fn probe(opts: &Options) -> Result<Report, ProbeError> {
                 suite: s.suite,
             });
         }
-        Err(e) => checks.push(Check::new(
+        Err(
+            e @ (ProbeError::Handshake(_)
+            | ProbeError::Timeout {
+                step: Step::Handshake,
+                ..
+            }),
+        ) => checks.push(Check::new(
             "handshake",
             Verdict::Fail,
             format!("{e}: clients limited to TLS 1.2/1.3 cannot connect"),
+        )),
+        Err(e) => checks.push(Check::new(
+            "connect",
+            Verdict::Fail,
+            format!("second connection: {e}"),
         )),
     }
     let recorded = recorder.take();
@@ -451,6 +462,20 @@ pub async fn probe(opts: &Options) -> Result<Report, ProbeError> {
                     offered12 = true;
                 }
                 Check::new(key, Verdict::Ok, format!("offered ({})", s.suite))
+            }
+            // A failure before the handshake (connection refused, a 421
+            // greeting from a rate limit) says nothing about the version.
+            Err(e)
+                if !matches!(
+                    e,
+                    ProbeError::Handshake(_)
+                        | ProbeError::Timeout {
+                            step: Step::Handshake,
+                            ..
+                        }
+                ) =>
+            {
+                Check::new(key, Verdict::Warn, format!("could not test: {e}"))
             }
             Err(e) if key == "tls1.3" => Check::new(
                 key,
@@ -480,7 +505,9 @@ pub async fn probe(opts: &Options) -> Result<Report, ProbeError> {
     // connector) can talk to the server at all.
     if !offered12
         && !offered13
-        && let Some(c) = checks.iter_mut().find(|c| c.name == "tls1.2")
+        && let Some(c) = checks
+            .iter_mut()
+            .find(|c| c.name == "tls1.2" && !c.detail.starts_with("could not test"))
     {
         c.verdict = Verdict::Fail;
         c.detail
