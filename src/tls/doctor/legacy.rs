@@ -329,6 +329,22 @@ pub async fn read_answer<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Leg
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a server sends, the reader answers without panicking
+        /// and without reading past its bounds.
+        #[test]
+        fn any_answer_bytes_are_handled(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse_server_hello(&bytes);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let mut r: &[u8] = &bytes;
+            let answer = rt.block_on(read_answer(&mut r)).unwrap();
+            if let LegacyAnswer::ServerHello { .. } = answer {
+                prop_assert!(bytes.len() >= 5 + 41);
+            }
+        }
+    }
 
     #[test]
     fn hello_lengths_are_consistent() {

@@ -197,3 +197,48 @@ pub async fn starttls(
     }
     Ok((s.into_inner(), facts))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(bytes: &[u8]) -> Result<Reply, ProbeError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut r = tokio::io::BufReader::new(bytes);
+        rt.block_on(read_reply(&mut r, Step::Ehlo))
+    }
+
+    #[test]
+    fn multi_line_replies_and_limits() {
+        let r = parse(b"250-mx.example.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n").unwrap();
+        assert_eq!(r.code, 250);
+        assert_eq!(r.lines, ["mx.example.test", "PIPELINING", "STARTTLS"]);
+        let long = format!("250 {}\r\n", "x".repeat(2000));
+        assert!(matches!(
+            parse(long.as_bytes()),
+            Err(ProbeError::BadReply { .. })
+        ));
+        let many = "250-x\r\n".repeat(200);
+        assert!(matches!(
+            parse(many.as_bytes()),
+            Err(ProbeError::BadReply { .. })
+        ));
+        assert!(matches!(
+            parse(b"hello\r\n"),
+            Err(ProbeError::BadReply { .. })
+        ));
+        assert!(matches!(parse(b"250-cut"), Err(ProbeError::Closed { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn any_reply_bytes_are_handled(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+            if let Ok(r) = parse(&bytes) {
+                prop_assert!(r.lines.len() <= MAX_LINES);
+            }
+        }
+    }
+}
