@@ -28,6 +28,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 say() { printf '[tls-doctor] %s\n' "$*"; }
 die() { printf '[tls-doctor] FATAL: %s\n' "$*" >&2; exit 1; }
 
@@ -68,7 +70,7 @@ on_exit() {
     stop_pid "$NGINX_PID"
     stop_pid "$GH_PID"
     if [ "$PF_STARTED" = 1 ]; then
-        timeout 30 "$POSTFIX" -c "$WORK/postfix" stop >/dev/null 2>&1
+        timeout 30 $SUDO "$POSTFIX" -c "$WORK/postfix" stop >/dev/null 2>&1
     fi
     if [ "$rc" -ne 0 ] || [ "$FAILED" -ne 0 ]; then
         for f in "$WORK"/nginx-error.log "$WORK"/gatehouse.stderr "$WORK"/postfix.log; do
@@ -225,7 +227,7 @@ probe nginx-untrusted 1 "https://127.0.0.1:$P_MIX" --expect-name "wrong.example.
 # --- private Postfix with legacy STARTTLS ----------------------------------------
 PF="$WORK/postfix"
 mkdir -p "$PF" "$WORK/pf-queue" "$WORK/pf-data"
-chown postfix: "$WORK/pf-data" && chmod 700 "$WORK/pf-data"
+$SUDO chown postfix: "$WORK/pf-data" && $SUDO chmod 700 "$WORK/pf-data"
 private_postfix_master_cf "$PF/master.cf" "$P_PF" \
     "tlsmgr    unix  -       -       n       1000?   1       tlsmgr"
 cat > "$PF/main.cf" <<EOF
@@ -252,7 +254,7 @@ smtpd_tls_mandatory_protocols = >=TLSv1
 tls_medium_cipherlist = DEFAULT:@SECLEVEL=0
 smtpd_tls_ciphers = medium
 EOF
-if timeout 60 "$POSTFIX" -c "$PF" start >"$WORK/postfix-start.log" 2>&1; then
+if timeout 60 $SUDO "$POSTFIX" -c "$PF" start >"$WORK/postfix-start.log" 2>&1; then
     PF_STARTED=1
     if wait_port "$P_PF" 30; then
         s_client "postfix speaks TLS 1.0 after STARTTLS" yes -connect "127.0.0.1:$P_PF" -starttls smtp -tls1 "${LEG[@]}"
