@@ -35,6 +35,9 @@ enum Cmd {
     /// Manage SMTP AUTH users (argon2id hashes in auth.users_file): add, remove, list.
     #[command(subcommand)]
     User(gatehouse::auth::cli::UserCommand),
+    /// TLS doctor: probe a server (smtp://, smtps://, https://); decode/encode Windows protocol bitmasks.
+    #[command(subcommand)]
+    Tls(gatehouse::tls::doctor::cli::TlsCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Cmd::Tls(cmd) => ExitCode::from(cmd.run(&mut std::io::stdout())),
         Cmd::Serve => match serve(cli.config) {
             Ok(code) => code,
             Err(e) => {

@@ -9,6 +9,8 @@
 //! resolver), so a swapped certificate applies to the next handshake
 //! without rebuilding the config.
 
+pub mod doctor;
+pub mod protocols;
 pub mod resolver;
 
 use rustls::ServerConfig;
