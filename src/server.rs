@@ -107,6 +107,13 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     };
 
     let shutdown = Shutdown::new();
+    let auth_lockout = Arc::new(crate::auth::lockout::AuthLockout::new(
+        crate::auth::lockout::LockoutPolicy {
+            threshold: cfg.auth.lockout_threshold,
+            window: cfg.auth.lockout_window.0,
+            duration: cfg.auth.lockout_duration.0,
+        },
+    ));
     let users = if cfg.receive_connector.iter().any(|c| c.offers_auth()) {
         let path = cfg.users_file();
         Some(Arc::new(
@@ -171,6 +178,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
             implicit_tls: *c.role.get_ref() == crate::config::ConnectorRole::Smtps,
             users: users.clone().filter(|_| c.offers_auth()),
             auth_failure_delay: cfg.auth.failure_delay.0,
+            auth_lockout: auth_lockout.clone(),
             require_auth: *c.role.get_ref() == crate::config::ConnectorRole::Submission,
         });
         let limits = ConnectionLimits::new(c.max_connections, c.max_connections_per_ip);

@@ -508,3 +508,87 @@ async fn no_tls_listener_means_no_certificate_work_at_start() {
     let ehlo = c.cmd("EHLO client.test").await;
     assert!(!ehlo.text.contains("STARTTLS"), "{ehlo:?}");
 }
+
+/// AUTH brute force: after `lockout_threshold` failures from one address,
+/// across sessions, AUTH gets 454 4.7.0 without a password check, even
+/// with the right password; other commands still work.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_auth_failures_lock_the_address_out_across_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let mut db = gatehouse::auth::UserDb::load(&data.join("users")).unwrap();
+    db.set_password("alice@example.test", "correct horse")
+        .unwrap();
+    let config = SUBMISSION.replace(
+        "failure_delay = \"50ms\"",
+        "failure_delay = \"10ms\"\nlockout_threshold = 3\nlockout_window = \"10m\"\nlockout_duration = \"15m\"",
+    );
+    let t = TestServer::start_in(dir, &data, "", &config).await;
+    let addr = t.server.addr("Submission").unwrap();
+    let bad = gatehouse::auth::base64_encode(b"\0alice@example.test\0guess");
+    let good = gatehouse::auth::base64_encode(b"\0alice@example.test\0correct horse");
+    // Two failures in one session, the third in another.
+    let (mut s, _, _) = starttls(addr, None, b"").await;
+    s.cmd("EHLO client.test").await;
+    for _ in 0..2 {
+        assert!(
+            s.cmd(&format!("AUTH PLAIN {bad}"))
+                .await
+                .starts("535 5.7.8")
+        );
+    }
+    drop(s);
+    let (mut s, _, _) = starttls(addr, None, b"").await;
+    s.cmd("EHLO client.test").await;
+    assert!(
+        s.cmd(&format!("AUTH PLAIN {bad}"))
+            .await
+            .starts("535 5.7.8")
+    );
+    let locked = s.cmd(&format!("AUTH PLAIN {good}")).await;
+    assert!(locked.starts("454 4.7.0"), "{locked:?}");
+    assert!(locked.text.contains("15 minute"), "{locked:?}");
+    // LOGIN is refused before any challenge.
+    assert!(s.cmd("AUTH LOGIN").await.starts("454 4.7.0"));
+    assert_eq!(s.cmd("NOOP").await.code, 250);
+    assert!(
+        s.cmd("MAIL FROM:<alice@example.test>")
+            .await
+            .starts("530 5.7.0")
+    );
+}
+
+/// A correct password before the threshold clears the count.
+#[tokio::test(flavor = "multi_thread")]
+async fn successful_auth_resets_the_failure_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let mut db = gatehouse::auth::UserDb::load(&data.join("users")).unwrap();
+    db.set_password("alice@example.test", "correct horse")
+        .unwrap();
+    let config = SUBMISSION.replace(
+        "failure_delay = \"50ms\"",
+        "failure_delay = \"10ms\"\nlockout_threshold = 2",
+    );
+    let t = TestServer::start_in(dir, &data, "", &config).await;
+    let addr = t.server.addr("Submission").unwrap();
+    let bad = gatehouse::auth::base64_encode(b"\0alice@example.test\0guess");
+    let good = gatehouse::auth::base64_encode(b"\0alice@example.test\0correct horse");
+    for _ in 0..3 {
+        let (mut s, _, _) = starttls(addr, None, b"").await;
+        s.cmd("EHLO client.test").await;
+        assert!(
+            s.cmd(&format!("AUTH PLAIN {bad}"))
+                .await
+                .starts("535 5.7.8")
+        );
+        drop(s);
+        let (mut s, _, _) = starttls(addr, None, b"").await;
+        s.cmd("EHLO client.test").await;
+        assert!(
+            s.cmd(&format!("AUTH PLAIN {good}"))
+                .await
+                .starts("235 2.7.0")
+        );
+    }
+}

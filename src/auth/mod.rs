@@ -9,6 +9,7 @@
 //! base64 codec (RFC 4648), which is all SMTP AUTH needs.
 
 pub mod cli;
+pub mod lockout;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};

@@ -101,6 +101,15 @@ pub struct AuthConfig {
     /// Wait before answering a failed AUTH (Exchange: AuthTarpitInterval).
     #[serde(default = "default_auth_failure_delay")]
     pub failure_delay: HumanDuration,
+    /// Failed AUTHs from one address (IPv6: one /64), within
+    /// `lockout_window`, that refuse its AUTH for `lockout_duration`
+    /// (454 4.7.0, no password checked); 0 turns the lockout off.
+    #[serde(default = "default_lockout_threshold")]
+    pub lockout_threshold: u32,
+    #[serde(default = "default_lockout_window")]
+    pub lockout_window: HumanDuration,
+    #[serde(default = "default_lockout_duration")]
+    pub lockout_duration: HumanDuration,
 }
 
 impl Default for AuthConfig {
@@ -108,8 +117,20 @@ impl Default for AuthConfig {
         AuthConfig {
             users_file: None,
             failure_delay: default_auth_failure_delay(),
+            lockout_threshold: default_lockout_threshold(),
+            lockout_window: default_lockout_window(),
+            lockout_duration: default_lockout_duration(),
         }
     }
+}
+fn default_lockout_threshold() -> u32 {
+    10
+}
+fn default_lockout_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_lockout_duration() -> HumanDuration {
+    HumanDuration(Duration::from_secs(900))
 }
 fn default_auth_failure_delay() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))

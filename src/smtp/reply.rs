@@ -281,6 +281,17 @@ impl Reply {
     pub fn auth_ok() -> Reply {
         Reply::new(235, "2.7.0", "Authentication successful")
     }
+    /// RFC 4954 §6: 454 4.7.0 is the temporary authentication failure.
+    pub fn auth_locked_out(remaining: std::time::Duration) -> Reply {
+        let minutes = remaining.as_secs().div_ceil(60).max(1);
+        Reply::new(
+            454,
+            "4.7.0",
+            format!(
+                "Too many failed authentications from your address; try again in {minutes} minute(s)"
+            ),
+        )
+    }
     pub fn auth_failed() -> Reply {
         Reply::new(535, "5.7.8", "Authentication credentials invalid")
     }

@@ -58,6 +58,8 @@ pub struct ConnectorContext {
     pub users: Option<Arc<crate::auth::LiveUsers>>,
     /// Wait before answering a failed AUTH (slows password guessing).
     pub auth_failure_delay: Duration,
+    /// Failed AUTHs per client address, shared by every connector.
+    pub auth_lockout: Arc<crate::auth::lockout::AuthLockout>,
     /// MAIL needs AUTH first (`submission`, RFC 6409 §4.3).
     pub require_auth: bool,
 }
@@ -559,6 +561,14 @@ impl Session {
         if self.user.is_some() {
             return Ok(self.reply_counted(Reply::already_authenticated()));
         }
+        let lockout = self.ctx.auth_lockout.clone();
+        if let Some(remaining) = lockout.locked_for(self.peer.ip(), std::time::Instant::now()) {
+            self.log.info(
+                &format!("{}", self.peer.ip()),
+                "Inbound AUTH refused: address locked out after repeated failures",
+            );
+            return Ok(self.reply_counted(Reply::auth_locked_out(remaining)));
+        }
         if self.tx.is_some() {
             return Ok(self.reply_counted(Reply::auth_in_transaction()));
         }
@@ -611,6 +621,7 @@ impl Session {
                 .unwrap_or(false)
         };
         if verified {
+            lockout.succeeded(self.peer.ip());
             self.log.info(&name, "Inbound AUTH succeeded");
             self.user = Some(name);
             self.reply(Reply::auth_ok());
@@ -622,6 +633,18 @@ impl Session {
                 &format!("Inbound AUTH {mechanism} failed because of LogonDenied"),
             );
             tracing::warn!(client = %self.peer, user = %name, "AUTH failed");
+            if let crate::auth::lockout::FailureOutcome::LockedOut =
+                lockout.failed(self.peer.ip(), std::time::Instant::now())
+            {
+                let p = lockout.policy();
+                tracing::warn!(
+                    client = %self.peer.ip(),
+                    failures = p.threshold,
+                    window = ?p.window,
+                    lockout = ?p.duration,
+                    "AUTH locked out for this address after repeated failures; AUTH gets 454 4.7.0 until the lockout ends (raise [auth] lockout_threshold or wait)"
+                );
+            }
             tokio::time::sleep(self.ctx.auth_failure_delay).await;
             Ok(self.reply_counted(Reply::auth_failed()))
         }
