@@ -8,6 +8,7 @@ use common::*;
 use gatehouse::smtp::inbound::session::MAX_COMMAND_LINE;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::RwLock;
 
 /// The memory test measures the process's RSS; it runs alone (write lock),
@@ -470,6 +471,35 @@ async fn idle_client_gets_421_4_4_2_after_the_command_timeout_and_is_closed() {
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "timed out after {waited:?}"
+    );
+    assert!(c.is_closed().await);
+}
+
+/// Slowloris: a command trickled one byte at a time, each byte well within
+/// the timeout, must still arrive whole within `command_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn trickled_command_line_gets_421_4_4_2_when_the_whole_line_exceeds_the_command_timeout() {
+    let _g = MEMORY.read().await;
+    let t = TestServer::start_with("command_timeout = \"1s\"", "").await;
+    let mut c = Client::greeted(t.addr).await;
+    let start = Instant::now();
+    let mut timed_out = None;
+    // 20 bytes at 300 ms each: 6 s if never cut off.
+    for b in b"NOOP trickle-trickle".iter() {
+        if c.reader.get_mut().write_all(&[*b]).await.is_err() {
+            break;
+        }
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), c.reply()).await {
+            timed_out = Some(r);
+            break;
+        }
+    }
+    let r = timed_out.expect("the server ended the trickled line");
+    let waited = start.elapsed();
+    assert!(r.starts("421 4.4.2"), "{r:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "cut off after {waited:?}"
     );
     assert!(c.is_closed().await);
 }

@@ -265,13 +265,14 @@ impl Session {
 
     /// Reads more input, flushing pending replies first. `phase` picks the
     /// timeout; `interruptible` lets shutdown end an idle wait.
+    /// Reads more bytes, until `phase_deadline` (and the session's own
+    /// deadline) at the latest.
     async fn fill(
         &mut self,
-        phase: Duration,
+        phase_deadline: Instant,
         interruptible: bool,
     ) -> std::io::Result<Option<Input>> {
         self.flush().await?;
-        let phase_deadline = Instant::now() + phase;
         let deadline = phase_deadline.min(self.deadline);
         if self.rbuf.capacity() - self.rbuf.len() < 256 {
             self.rbuf.reserve(1024);
@@ -289,7 +290,11 @@ impl Session {
         }
     }
 
+    /// The next command line. `command_timeout` bounds the wait for the
+    /// whole line, not each read: a client trickling a byte at a time
+    /// (slowloris) is cut off as surely as a silent one.
     async fn next_line(&mut self) -> std::io::Result<Input> {
+        let line_deadline = Instant::now() + self.ctx.config.command_timeout.0;
         loop {
             if let Some(pos) = self.rbuf.iter().position(|&b| b == b'\n') {
                 let line = self.rbuf.split_to(pos + 1);
@@ -313,8 +318,7 @@ impl Session {
                 self.skipping = true;
             }
             let idle = self.tx.is_none() && self.rbuf.is_empty();
-            let phase = self.ctx.config.command_timeout.0;
-            if let Some(end) = self.fill(phase, idle).await? {
+            if let Some(end) = self.fill(line_deadline, idle).await? {
                 return Ok(end);
             }
         }
@@ -459,7 +463,10 @@ impl Session {
             if rx.is_done() {
                 break;
             }
-            if let Some(end) = self.fill(self.ctx.config.data_timeout.0, false).await? {
+            if let Some(end) = self
+                .fill(Instant::now() + self.ctx.config.data_timeout.0, false)
+                .await?
+            {
                 if let Input::TimedOut | Input::SessionExpired = end {
                     self.tx = None;
                     self.reply(Reply::timeout(&self.ctx.fqdn, "message data"));
@@ -508,7 +515,9 @@ impl Session {
         let mut remaining = size;
         while remaining > 0 {
             if self.rbuf.is_empty()
-                && let Some(end) = self.fill(self.ctx.config.data_timeout.0, false).await?
+                && let Some(end) = self
+                    .fill(Instant::now() + self.ctx.config.data_timeout.0, false)
+                    .await?
             {
                 if let Input::TimedOut | Input::SessionExpired = end {
                     self.reply(Reply::timeout(&self.ctx.fqdn, "BDAT chunk data"));
