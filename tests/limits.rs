@@ -638,6 +638,55 @@ async fn second_connection_over_max_connections_per_ip_1_gets_421_4_7_0_until_th
     assert_eq!(c.cmd("EHLO client.example.test").await.code, 250);
 }
 
+/// A connection flood from one address: the per-address limit holds
+/// (every connection over it gets 421 4.7.0 and is closed), and a client
+/// from another address is greeted and delivers meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_flood_from_one_address_leaves_the_server_responsive_to_another() {
+    let _g = MEMORY.read().await;
+    let t = TestServer::start_with("max_connections_per_ip = 20\nmax_connections = 100", "").await;
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..120 {
+        let mut c = Client::connect(t.addr).await;
+        let r = c.reply().await;
+        if r.code == 220 {
+            held.push(c);
+        } else {
+            assert!(r.starts("421 4.7.0"), "{r:?}");
+            assert!(c.is_closed().await);
+            refused += 1;
+        }
+    }
+    assert_eq!(held.len(), 20, "per-address limit");
+    assert_eq!(refused, 100);
+    // A fresh client from 127.0.0.2 (all of 127/8 is loopback).
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = sock.connect(t.addr).await.unwrap();
+    let mut fresh = Client::over(stream);
+    let start = Instant::now();
+    assert_eq!(fresh.reply().await.code, 220);
+    assert_eq!(fresh.cmd("EHLO fresh.example.test").await.code, 250);
+    let r = fresh
+        .send_message(
+            "a@sender.test",
+            &["bob@example.test"],
+            b"Subject: fresh\r\n\r\nok\r\n",
+        )
+        .await;
+    assert!(r.starts("250 2.6.0"), "{r:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    // The held sessions still work.
+    for c in held.iter_mut().take(3) {
+        assert!(c.cmd("NOOP").await.starts("250 2.0.0"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hundred_concurrent_sessions_each_deliver_their_own_message_exactly_once() {
     let _g = MEMORY.read().await;
