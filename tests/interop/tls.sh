@@ -12,7 +12,8 @@
 #   4. submission role: STARTTLS + AUTH LOGIN delivers (ESMTPSA); without TLS,
 #      AUTH is not offered (swaks exit 28) and MAIL gets 530; a wrong password
 #      gets 535.
-#   5. testssl.sh against the STARTTLS (smtp) port and the smtps port: no
+#   5. testssl.sh against the STARTTLS (smtp) port, the submission port and
+#      the smtps port: no
 #      finding of severity MEDIUM, HIGH or CRITICAL except the allow-list below
 #      (certificate provenance of a self-signed test certificate).
 #
@@ -451,6 +452,8 @@ testssl_run "testssl --starttls smtp (smtp port): no MEDIUM+ finding beyond cert
     "$SMTP_PORT" starttls --starttls smtp
 testssl_run "testssl (smtps port, implicit TLS): no MEDIUM+ finding beyond cert provenance" \
     "$SMTPS_PORT" smtps
+testssl_run "testssl --starttls smtp (submission port): no MEDIUM+ finding beyond cert provenance" \
+    "$SUB_PORT" submission --starttls smtp
 
 # --- gatehouse still alive? ---------------------------------------------------------------------
 kill -0 "$GH_PID" 2>/dev/null || fail "gatehouse still running after the tests" "it exited"
