@@ -171,4 +171,5 @@ RESULT=PASS
 [ "${ESTABLISHED:-0}" -eq "$CONNECTIONS" ] || { RESULT=FAIL; echo "-> not all sessions were established"; }
 [ "$CL_RC" -eq 0 ] || { RESULT=FAIL; echo "-> client reported failures or server-closed sessions"; }
 echo "result:             $RESULT"
+echo "BENCH-RESULT|RSS with $CONNECTIONS idle SMTP sessions (MiB)|-|-|$(awk -v k="$RSS" 'BEGIN {printf "%.1f", k / 1024}')|-|< $RSS_BAR_MB MiB|$([ "$RESULT" = PASS ] && echo met || echo "not met")"
 [ "$RESULT" = PASS ]

@@ -34,6 +34,7 @@ TARGETS=${TARGETS:-postfix gatehouse}
 WARMUP=${WARMUP:-500}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 RUN_TIMEOUT=${RUN_TIMEOUT:-900}
+BENCH_LINES=()
 
 say() { printf '[bench] %s\n' "$*"; }
 die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -289,7 +290,9 @@ for mode in $MODES; do
         if [[ "$g" =~ ^[0-9]+$ ]] && [[ "$p" =~ ^[0-9]+$ ]] && [ "$p" -gt 0 ]; then
             printf '| %-28s | %-9s | %10s | %10s |\n' "$label" "G/P ratio" "" \
                 "$(awk -v g="$g" -v p="$p" 'BEGIN {printf "%.2fx", g / p}')"
+            BENCH_LINES+=("BENCH-RESULT|durable accept msg/s, $label|Postfix|$p|$g|$(awk -v g="$g" -v p="$p" 'BEGIN {printf "%.2f", g / p}')|≥ 5× Postfix|$(awk -v g="$g" -v p="$p" 'BEGIN {print (g / p >= 5 ? "met" : "not met")}')")
         fi
     fi
 done
+printf '%s\n' "${BENCH_LINES[@]}"
 [ "$FAILED" -eq 0 ] || { say "some runs failed (see above)"; exit 1; }

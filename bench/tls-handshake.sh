@@ -53,7 +53,9 @@ PREWARM=${PREWARM:-2}
 KX=${KX:-default}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
 BAR=3
+BENCH_LINES=()
 PIN=${PIN:-0}
+PIN_LABEL=""; [ "$PIN" = 1 ] && PIN_LABEL=", server pinned to 1 core"
 if [ "$PIN" = 1 ]; then
     command -v taskset >/dev/null 2>&1 || { echo "[bench] FATAL: taskset not found (apt-get install util-linux)" >&2; exit 1; }
     [ "$(nproc)" -ge 2 ] || { echo "[bench] FATAL: PIN=1 needs 2 CPUs" >&2; exit 1; }
@@ -351,6 +353,8 @@ echo "|---|---:|---:|---:|---|"
 for kind in full resumed resumed12; do
     p=$(get "postfix.$kind.rate"); g=$(get "gatehouse.$kind.rate")
     echo "| $(label_of "$kind") | $(fmt_rate "$p") | $(fmt_rate "$g") | $(ratio "$g" "$p") | $(verdict "$g" "$p") |"
+    # One machine-readable line per figure, for bench/all.sh.
+    BENCH_LINES+=("BENCH-RESULT|STARTTLS $(label_of "$kind")${PIN_LABEL}|Postfix|$(fmt_rate "$p")|$(fmt_rate "$g")|$(ratio "$g" "$p" | tr -d '×')|≥ ${BAR}× Postfix|$(verdict "$g" "$p" | tr -d '*')")
 done
 echo "| resumed %: full / TLS 1.3 resumed / TLS 1.2 resumed run | $(get postfix.full.resumed_pct) / $(get postfix.resumed.resumed_pct) / $(get postfix.resumed12.resumed_pct) % | $(get gatehouse.full.resumed_pct) / $(get gatehouse.resumed.resumed_pct) / $(get gatehouse.resumed12.resumed_pct) % | | |"
 echo "| session latency p50 / p99 (ms), full | $(lat "$(get postfix.full.p50_ms)" "$(get postfix.full.p99_ms)") | $(lat "$(get gatehouse.full.p50_ms)" "$(get gatehouse.full.p99_ms)") | | |"
@@ -379,4 +383,5 @@ if num "$(get postfix.resumed.resumed_pct)" && awk -v r="$(get postfix.resumed.r
 fi
 echo "Log check: postfix maillog warnings/fatal: ${PF_WARN:-?}; gatehouse WARN/ERROR lines: ${GH_WARN:-?}. Total script time: $(( $(date +%s) - T_START )) s."
 }
+printf '%s\n' "${BENCH_LINES[@]}"
 [ "$FAILED" -eq 0 ] || { say "some runs failed (see above)"; exit 1; }
