@@ -14,14 +14,14 @@ use rcgen::{
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-/// 397 days from `not_before` to `not_after`, backdate included: under the
-/// 398-day cap that Mozilla's guidelines, Apple and TLS graders
-/// (testssl.sh flags anything longer; found by the CI gate when this was
-/// 825 days plus the backdate) apply, so the default never shows up as a
-/// finding. Exchange's 5 years would. The expiry warnings (30/14/7/1 days)
-/// and `gatehouse cert new-self-signed` make renewal a one-line job. See
-/// docs/certificates.md.
-pub(crate) const SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(397 * 86_400);
+/// 365 days from `not_before` to `not_after`, backdate included: within
+/// the 90-366-day lifespan of Mozilla's "intermediate" configuration
+/// (sslyze checks it; it flagged the earlier 397 days) and under the
+/// 398-day cap of Apple and testssl.sh (which flagged 825 days), so the
+/// default never shows up as a finding. Exchange's 5 years would. The
+/// expiry warnings (30/14/7/1 days) and `gatehouse cert new-self-signed`
+/// make renewal a one-line job. See docs/certificates.md.
+pub(crate) const SELF_SIGNED_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// Tolerance for peers whose clock is behind ours.
 const BACKDATE: Duration = Duration::from_secs(3600);

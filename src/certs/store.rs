@@ -183,7 +183,7 @@ impl CertStore {
 
     /// First start: when the store holds no certificate at all, creates the
     /// self-signed default (ECDSA P-256, CA:FALSE, serverAuth, SANs = the
-    /// host name and its first label, 397 days), enabled for SMTP and
+    /// host name and its first label, 365 days), enabled for SMTP and
     /// marked default. Returns its thumbprint when it made one.
     pub fn ensure_default(&self, hostname: &str) -> Result<Option<Thumbprint>, CertError> {
         let _lock = StoreLock::acquire(&self.dir)?;
