@@ -161,6 +161,11 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
         source,
     })?;
     crate::events::configure(&cfg.events, &data_dir);
+    // Known label sets exist from the start, so dashboards see zeros
+    // rather than missing series.
+    for result in ["applied", "refused"] {
+        crate::admin::metrics::RELOADS.handle(&[result]);
+    }
     let hostname = cfg.server.hostname.get_ref().to_string();
 
     let queue = Queue::start(QueueSettings {

@@ -25,6 +25,26 @@
 //! gatehouse::events::emit("something happened");
 //! ```
 //!
+//! ```compile_fail,E0277
+//! // Outside the catalog, a type cannot become an event (sealed trait).
+//! struct Mine;
+//! impl gatehouse::events::Event for Mine {
+//!     const DEF: &'static gatehouse::events::EventDef = &gatehouse::events::EventDef {
+//!         id: 9999, name: "Mine", category: gatehouse::events::Category::Tls,
+//!         level: gatehouse::events::Level::Error,
+//!         verbosity: gatehouse::events::Verbosity::Lowest, exchange_id: None,
+//!         message: "m {x}", fields: &["x"], key: &[], explanation: "e", action: "a",
+//!     };
+//!     fn for_each_field(&self, _: &mut dyn FnMut(&'static str, &dyn std::fmt::Display)) {}
+//! }
+//! gatehouse::events::emit(Mine);
+//! ```
+//!
+//! ```
+//! // The catalog's own events compile, with their typed fields.
+//! gatehouse::events::emit(gatehouse::events::CertificatesReloaded { usable: &1, unusable: &0 });
+//! ```
+//!
 //! To add an event: append an entry to the `catalog!` block in
 //! `catalog.rs` (unique ID in your range, name, category, level, verbosity,
 //! fields, key, message, explanation, action), emit it with

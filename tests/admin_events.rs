@@ -1,0 +1,104 @@
+//! Diagnostic levels and rate limiting observed through the admin API:
+//! GET /events before and after PUT /log-level/Tls/Expert, with real
+//! failed TLS handshakes. Its own test binary, because levels are
+//! process-wide.
+
+mod admin_support;
+mod common;
+
+use admin_support::*;
+use common::*;
+use std::time::Duration;
+
+async fn tls_events(admin: std::net::SocketAddr, token: &str) -> Vec<serde_json::Value> {
+    let r = call(admin, "GET", "/events?category=Tls&limit=50", Some(token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str::<Vec<serde_json::Value>>(&r.body)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["name"] == "TlsHandshakeFailed")
+        .collect()
+}
+
+#[tokio::test]
+async fn tls_level_change_at_runtime_shows_handshake_failures_once_per_window() {
+    let t = TestServer::start_with("", "[admin]\nlisten = \"127.0.0.1:0\"\n").await;
+    let admin = t.server.admin.unwrap();
+    let token = token(&t.data_dir());
+
+    // Default level Low: TlsHandshakeFailed (Medium) is not emitted.
+    let r = call(admin, "GET", "/log-level", Some(&token)).await;
+    let levels: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(levels["Tls"], "Low", "{}", r.body);
+    failed_handshake(t.addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(tls_events(admin, &token).await.is_empty());
+
+    // Bad requests name the problem.
+    let r = call(admin, "PUT", "/log-level/Tls/Loud", Some(&token)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("unknown level `Loud`"), "{}", r.body);
+    let r = call(admin, "PUT", "/log-level/Nope/Expert", Some(&token)).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("unknown category `Nope`"), "{}", r.body);
+
+    // Expert: the next failure is an event with connector, client, reason.
+    let r = call(admin, "PUT", "/log-level/Tls/Expert", Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let levels: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(levels["Tls"], "Expert");
+    assert_eq!(levels["Certificates"], "Low", "other categories unchanged");
+    failed_handshake(t.addr).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let seen = loop {
+        let seen = tls_events(admin, &token).await;
+        if !seen.is_empty() {
+            break seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TlsHandshakeFailed after raising the level"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let e = &seen[0];
+    assert_eq!(e["id"], 1101);
+    assert_eq!(e["level"], "Warning");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("connector `Default`: TLS handshake with 127.0.0.1 failed: "),
+        "{message}"
+    );
+
+    // Rate limit (default window 60 s, key connector + reason): more
+    // identical failures do not add events.
+    for _ in 0..3 {
+        failed_handshake(t.addr).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tls_events(admin, &token).await.len(), 1);
+
+    // ... but they are counted on /metrics.
+    let r = call(admin, "GET", "/metrics", Some(&token)).await;
+    let n = sample(
+        &r.body,
+        "gatehouse_events_total{id=\"1101\",name=\"TlsHandshakeFailed\",level=\"Warning\"}",
+    )
+    .unwrap();
+    assert_eq!(n, 4.0, "{}", r.body);
+
+    // Back to Low: filtered again.
+    let r = call(admin, "PUT", "/log-level/tls/low", Some(&token)).await;
+    assert_eq!(r.status, 200);
+    failed_handshake(t.addr).await;
+    // The server side of failed_handshake has ended by now (it closed or
+    // answered); give the session task a moment to finish emitting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = call(admin, "GET", "/metrics", Some(&token)).await;
+    let n2 = sample(
+        &r.body,
+        "gatehouse_events_total{id=\"1101\",name=\"TlsHandshakeFailed\",level=\"Warning\"}",
+    )
+    .unwrap();
+    assert_eq!(n2, 4.0);
+}
