@@ -179,7 +179,15 @@ fn admin_call(path: Option<PathBuf>, method: &str, route: &str) -> ExitCode {
     };
     match gatehouse::admin::client::call(&cfg, method, route) {
         Ok(r) if (200..300).contains(&r.status) => {
-            print!("{}", r.body);
+            // Levels print as a table (`Tls  Expert`), like Get-EventLogLevel.
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&r.body) {
+                Ok(map) if route.starts_with("/log-level") => {
+                    for (category, level) in map {
+                        println!("{category:<14} {}", level.as_str().unwrap_or("?"));
+                    }
+                }
+                _ => print!("{}", r.body),
+            }
             ExitCode::SUCCESS
         }
         Ok(r) => {

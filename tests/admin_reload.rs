@@ -238,7 +238,15 @@ async fn cli_reload_and_log_level_talk_to_the_running_server() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("\"Tls\": \"Expert\""), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["Tls", "Expert"])),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["Certificates", "Low"]))
+    );
     let p = path.clone();
     let out =
         tokio::task::spawn_blocking(move || gatehouse(&p, &["log", "level", "set", "Tls", "Loud"]))

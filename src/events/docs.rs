@@ -5,6 +5,21 @@
 use super::{CATALOG, Category, EventDef};
 use std::fmt::Write as _;
 
+/// `12024 (also 12014, 12023)`.
+fn exchange(d: &EventDef) -> String {
+    match d.exchange_ids {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!(
+            "{first} (also {})",
+            rest.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// One line per entry: `1024  Error        Certificates  CertificateFallback  (Exchange 12024)`.
 pub fn list(category: Option<Category>) -> String {
     let mut out = String::new();
@@ -21,8 +36,9 @@ pub fn list(category: Option<Category>) -> String {
             d.category.name(),
             d.name
         );
-        if let Some(x) = d.exchange_id {
-            let _ = write!(out, "  (Exchange {x})");
+        if !d.exchange_ids.is_empty() {
+            let ids: Vec<String> = d.exchange_ids.iter().map(u32::to_string).collect();
+            let _ = write!(out, "  (Exchange {})", ids.join(", "));
         }
         out.push('\n');
     }
@@ -40,8 +56,8 @@ pub fn explain(d: &EventDef) -> String {
         "  shown at:    diagnostic level {} and above",
         d.verbosity.name()
     );
-    if let Some(x) = d.exchange_id {
-        let _ = writeln!(out, "  exchange:    MSExchangeTransport {x}");
+    if !d.exchange_ids.is_empty() {
+        let _ = writeln!(out, "  exchange:    MSExchangeTransport {}", exchange(d));
     }
     let _ = writeln!(out, "  message:     {}", d.message);
     let _ = writeln!(out, "  fields:      {}", d.fields.join(", "));
@@ -80,7 +96,7 @@ pub fn markdown() -> String {
             d.category.name(),
             d.level.name(),
             d.verbosity.name(),
-            d.exchange_id.map(|x| x.to_string()).unwrap_or_default()
+            exchange(d)
         );
     }
     for c in Category::ALL {
@@ -97,8 +113,8 @@ pub fn markdown() -> String {
                 d.level.name(),
                 d.verbosity.name()
             );
-            if let Some(x) = d.exchange_id {
-                let _ = writeln!(out, "- Exchange equivalent: {x}");
+            if !d.exchange_ids.is_empty() {
+                let _ = writeln!(out, "- Exchange equivalent: {}", exchange(d));
             }
             let _ = writeln!(out, "- Message: `{}`", d.message);
             let _ = writeln!(

@@ -32,7 +32,7 @@
 //!     const DEF: &'static gatehouse::events::EventDef = &gatehouse::events::EventDef {
 //!         id: 9999, name: "Mine", category: gatehouse::events::Category::Tls,
 //!         level: gatehouse::events::Level::Error,
-//!         verbosity: gatehouse::events::Verbosity::Lowest, exchange_id: None,
+//!         verbosity: gatehouse::events::Verbosity::Lowest, exchange_ids: &[],
 //!         message: "m {x}", fields: &["x"], key: &[], explanation: "e", action: "a",
 //!     };
 //!     fn for_each_field(&self, _: &mut dyn FnMut(&'static str, &dyn std::fmt::Display)) {}
@@ -214,8 +214,8 @@ pub struct EventDef {
     pub level: Level,
     /// Shown when the category's level is at least this.
     pub verbosity: Verbosity,
-    /// The familiar MSExchange event, when there is one.
-    pub exchange_id: Option<u32>,
+    /// The familiar MSExchange events, closest first; empty when none.
+    pub exchange_ids: &'static [u32],
     /// The message, with `{field}` placeholders.
     pub message: &'static str,
     /// The named fields, in declaration order.
@@ -250,7 +250,7 @@ macro_rules! catalog {
             category: $cat:ident,
             level: $lvl:ident,
             verbosity: $verb:ident,
-            exchange: $ex:expr,
+            exchange: [$($ex:literal),* $(,)?],
             fields: { $($field:ident),+ $(,)? },
             key: [$($key:ident),* $(,)?],
             message: $msg:literal,
@@ -275,7 +275,7 @@ macro_rules! catalog {
                     category: super::Category::$cat,
                     level: super::Level::$lvl,
                     verbosity: super::Verbosity::$verb,
-                    exchange_id: $ex,
+                    exchange_ids: &[$($ex),*],
                     message: $msg,
                     fields: &[$(stringify!($field)),+],
                     key: &[$(stringify!($key)),*],
@@ -403,7 +403,7 @@ pub fn lookup(query: &str) -> Vec<&'static EventDef> {
         return CATALOG
             .iter()
             .copied()
-            .filter(|d| d.exchange_id == Some(n))
+            .filter(|d| d.exchange_ids.contains(&n))
             .collect();
     }
     CATALOG
@@ -636,14 +636,14 @@ pub fn emit<E: Event>(event: E) {
         Level::Error => tracing::error!(
             event_id = def.id,
             event = def.name,
-            exchange_id = def.exchange_id,
+            exchange_id = def.exchange_ids.first(),
             action = def.action,
             "{shown}"
         ),
         Level::Warning => tracing::warn!(
             event_id = def.id,
             event = def.name,
-            exchange_id = def.exchange_id,
+            exchange_id = def.exchange_ids.first(),
             "{shown}"
         ),
         Level::Information => tracing::info!(event_id = def.id, event = def.name, "{shown}"),
@@ -657,7 +657,7 @@ pub fn emit<E: Event>(event: E) {
         message,
         fields,
         repeated,
-        exchange_id: def.exchange_id,
+        exchange_id: def.exchange_ids.first().copied(),
     };
     sink::write(&record);
     let max = RECENT_MAX.load(Ordering::Relaxed) as usize;
@@ -728,6 +728,7 @@ mod tests {
         assert_eq!(lookup("1024")[0].name, "CertificateFallback");
         assert_eq!(lookup("certificatefallback")[0].id, 1024);
         assert_eq!(lookup("12024")[0].id, 1024);
+        assert_eq!(lookup("12014")[0].id, 1024);
         assert!(lookup("999999").is_empty());
         assert!(lookup("NoSuchEvent").is_empty());
     }
