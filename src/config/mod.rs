@@ -811,6 +811,38 @@ mod tests {
     }
 
     #[test]
+    fn events_levels_parse_and_unknown_category_is_located() {
+        let cfg = parse(&DEFAULT_CONFIG.replace(
+            "levels = { Tls = \"Low\" }",
+            "levels = { Tls = \"Expert\", Certificates = \"Medium\" }",
+        ))
+        .unwrap();
+        use crate::events::{Category, Verbosity};
+        assert_eq!(cfg.events.level_of(Category::Tls), Verbosity::Expert);
+        assert_eq!(
+            cfg.events.level_of(Category::Certificates),
+            Verbosity::Medium
+        );
+        assert_eq!(cfg.events.level_of(Category::Queue), Verbosity::Low);
+        let text =
+            DEFAULT_CONFIG.replace("levels = { Tls = \"Low\" }", "levels = { Tsl = \"Low\" }");
+        let shown = parse(&text).unwrap_err().to_string();
+        let line = text.lines().position(|l| l.contains("Tsl")).unwrap() + 1;
+        assert!(shown.contains(&format!("t.toml:{line}:")), "{shown}");
+        assert!(shown.contains("Tsl"), "{shown}");
+    }
+
+    #[test]
+    fn admin_must_listen_on_loopback() {
+        let text =
+            DEFAULT_CONFIG.replace("listen = \"127.0.0.1:9925\"", "listen = \"0.0.0.0:9925\"");
+        let shown = parse(&text).unwrap_err().to_string();
+        assert!(shown.contains("is not a loopback address"), "{shown}");
+        let cfg = parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(cfg.admin.unwrap().listen.get_ref().port(), 9925);
+    }
+
+    #[test]
     fn collects_several_semantic_errors() {
         let text =
             format!("{DEFAULT_CONFIG}\n[[mailbox]]\nname = \"../x\"\naddresses = [\"nobody\"]\n");
