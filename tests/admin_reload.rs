@@ -166,6 +166,34 @@ async fn bad_config_is_refused_and_good_one_applies_to_new_sessions() {
     assert_eq!(restart, ["server.data_dir", "[queue]"], "{}", r.body);
     assert!(!Path::new("/tmp/elsewhere-gatehouse-test").exists());
 
+    // Certificates: a new one in the store is live after the reload (the
+    // 2 s watcher may get there first; either way the expiry gauge shows
+    // it right after).
+    let store = gatehouse::certs::CertStore::open(&data).unwrap();
+    let info = store
+        .new_self_signed(
+            &["mx.example.test".to_string()],
+            gatehouse::certs::KeyKind::EcdsaP256,
+            gatehouse::certs::Services {
+                smtp: true,
+                https: false,
+            },
+        )
+        .unwrap();
+    let r = call(admin, "POST", "/reload", Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("certificates ("), "{}", r.body);
+    let r = call(admin, "GET", "/metrics", Some(&token)).await;
+    let days = sample(
+        &r.body,
+        &format!(
+            "gatehouse_certificate_expiry_days{{thumbprint=\"{}\"",
+            info.sha1
+        ),
+    )
+    .unwrap_or_else(|| panic!("new certificate not in /metrics:\n{}", r.body));
+    assert!(days > 300.0);
+
     // Both outcomes are events and counted.
     let r = call(admin, "GET", "/events?category=Config", Some(&token)).await;
     let events: Vec<serde_json::Value> = serde_json::from_str(&r.body).unwrap();
@@ -196,7 +224,7 @@ async fn bad_config_is_refused_and_good_one_applies_to_new_sessions() {
             &r.body,
             "gatehouse_config_reloads_total{result=\"applied\"}"
         ),
-        Some(2.0)
+        Some(3.0)
     );
     server.shutdown().await;
 }
