@@ -174,6 +174,11 @@ fn admin_call(path: Option<PathBuf>, method: &str, route: &str) -> ExitCode {
         Ok((cfg, _)) => cfg,
         Err(errors) => {
             eprintln!("{errors}");
+            if route == "/reload" {
+                eprintln!(
+                    "gatehouse: not reloaded; the running server keeps its current configuration"
+                );
+            }
             return ExitCode::from(1);
         }
     };

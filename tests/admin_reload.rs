@@ -293,7 +293,10 @@ async fn cli_reload_and_log_level_talk_to_the_running_server() {
         .unwrap_or_else(|_| panic!());
     // The CLI reads the same file to find the API: it refuses it itself.
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("gatehouse.toml:"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gatehouse.toml:"), "{err}");
+    assert!(err.contains("not reloaded"), "{err}");
+    assert_eq!(rcpt(smtp, "y@example.test").await.code, 250);
 
     // Good file: applied.
     write(&path, &format!("{base}\n{NEW_DOMAIN}"));

@@ -45,10 +45,9 @@
 //! gatehouse::events::emit(gatehouse::events::CertificatesReloaded { usable: &1, unusable: &0 });
 //! ```
 //!
-//! To add an event: append an entry to the `catalog!` block in
-//! `catalog.rs` (unique ID in your range, name, category, level, verbosity,
-//! fields, key, message, explanation, action), emit it with
-//! `events::emit(Name { field: &value, .. })`, then run `gatehouse events docs > docs/events.md`.
+//! Adding an event (and converting an old `pub const X: EventDef` + `emit(&X, format!(..))`):
+//! 1. add an entry to `catalog!` in catalog.rs (id, category, level, verbosity, exchange, fields, key, message with `{field}`s, explanation, action);
+//! 2. emit it as `events::emit(Name { field: &value, .. })`; 3. run `gatehouse events docs > docs/events.md`.
 //!
 //! Levels: each entry has a *severity* (`Level`: Error, Warning,
 //! Information, as the Windows event log shows it) and a *verbosity*
