@@ -9,16 +9,19 @@
 //! Config::load(origin) --errors--> refused, old config keeps running
 //!     | ok
 //!     v
-//! compare with the config the listeners were started from
-//!     structural (data_dir, hostname, [queue], [protocol_log], [auth],
-//!     [admin], connectors added/removed, a connector's role/listen/tls/
-//!     auth/fqdn) -> listed as "needs a restart", not applied
-//!     the rest -> per connector a new ConnectorContext (policy with the
-//!     new accepted domains and mailboxes, banner, limits, relay
-//!     networks, timeouts) swapped into its ArcSwap slot: the next
+//! server-wide settings opened once (data_dir, hostname, shutdown_grace,
+//!     [queue], [protocol_log], [auth], [admin]) -> "needs a restart"
+//! per receive connector, compared with what runs now:
+//!     new ConnectorContext (policy with the new accepted domains and
+//!     mailboxes, banner, limits, relay networks, timeouts, role, TLS,
+//!     AUTH, FQDN) swapped into the connector's ArcSwap slot: the next
 //!     connection uses it, open sessions keep theirs
-//!     [events] -> levels, rate limit, sinks
-//!     certificates -> store re-read now (the 2 s watcher would too)
+//!     listen addresses: new ones bound first, dropped ones closed
+//!     new connector: bound and started; removed connector: closed
+//!     (a connector needing what was not opened at start, e.g. TLS when
+//!     no listener had TLS, is left as it was: "needs a restart")
+//! [events] -> levels, rate limit, sinks
+//! certificates -> store re-read now (the 2 s watcher would too)
 //! ```
 
 use crate::admin::metrics::ConnectorMetrics;
@@ -93,18 +96,18 @@ pub enum ConfigOrigin {
 /// contexts from and what the admin API reads.
 pub struct Live {
     origin: ConfigOrigin,
-    /// The configuration the listeners were started from; reloads compare
-    /// against it, so a change that needs a restart is reported until the
-    /// restart happens.
+    /// The configuration the server was started from: server-wide
+    /// settings are compared with it, so a change that needs a restart is
+    /// reported until the restart happens.
     started: Config,
-    connectors: Vec<LiveConnector>,
+    /// The receive connectors as they run now (reload changes them).
+    connectors: Mutex<Vec<LiveConnector>>,
     protolog: ProtocolLog,
     users: Option<Arc<crate::auth::LiveUsers>>,
     short_host: String,
     certificates: Option<LiveCertificates>,
     queue: Queue,
     shutdown: Shutdown,
-    listeners_bound: bool,
     /// One reload at a time.
     reloading: Mutex<()>,
 }
@@ -117,16 +120,34 @@ impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
             .field("origin", &self.origin)
-            .field("connectors", &self.connectors.len())
             .finish_non_exhaustive()
     }
 }
 
+/// One running receive connector.
 struct LiveConnector {
     name: String,
+    /// The settings it runs with.
+    config: crate::config::ReceiveConnectorConfig,
     slot: Arc<ArcSwap<ListenerState>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<ConnectorMetrics>,
+    listening: Vec<Listening>,
+}
+
+/// One bound address and its accept loop.
+struct Listening {
+    /// As configured (may have port 0).
+    configured: SocketAddr,
+    bound: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Listening {
+    /// Dropping the accept loop drops its socket: the address is closed.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A started server.
@@ -134,7 +155,8 @@ pub struct RunningServer {
     /// The live certificate state (tests and, later, the admin API read it).
     /// `None` when no listener offers TLS.
     pub certificates: Option<Arc<CertificateSet>>,
-    /// (connector name, bound address) for every listener.
+    /// (connector name, bound address) for every listener, as started;
+    /// `live.listeners()` has them after reloads.
     pub listeners: Vec<(String, SocketAddr)>,
     /// The admin API's bound address, when `[admin]` is configured.
     pub admin: Option<SocketAddr>,
@@ -229,65 +251,16 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
     let mut live = Live {
         origin,
         started: cfg.clone(),
-        connectors: Vec::new(),
+        connectors: Mutex::new(Vec::new()),
         protolog: protolog.clone(),
         users,
         short_host,
         certificates: None,
         queue: queue.clone(),
         shutdown: shutdown.clone(),
-        listeners_bound: false,
         reloading: Mutex::new(()),
     };
-    let mut listeners = Vec::new();
     let mut accept_tasks = Vec::new();
-    for c in &cfg.receive_connector {
-        let name = c.name.get_ref().clone();
-        let fqdn = connector_fqdn(c, &hostname);
-        let tls = match &tls_state {
-            Some((certificates, _)) if c.tls => {
-                let resolver = certificates.resolver(&name, &fqdn, Service::Smtp);
-                let config = crate::tls::server_config(resolver)
-                    .map_err(|e| StartError::Tls(e.to_string()))?;
-                Some(tokio_rustls::TlsAcceptor::from(config))
-            }
-            _ => None,
-        };
-        let metrics = ConnectorMetrics::new(&name);
-        let ctx = live.context(c, &cfg, policy.clone(), tls.clone(), metrics.clone());
-        let limits = ConnectionLimits::new(c.max_connections, c.max_connections_per_ip);
-        let slot = Arc::new(ArcSwap::from_pointee(ListenerState { ctx, limits }));
-        for addr in &c.listen {
-            let addr = *addr.get_ref();
-            let listener = bind(addr).map_err(|source| StartError::Bind {
-                addr,
-                connector: name.clone(),
-                hint: match source.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        "another process already listens there; stop it or change `listen`"
-                    }
-                    std::io::ErrorKind::PermissionDenied => {
-                        "ports below 1024 need root or CAP_NET_BIND_SERVICE"
-                    }
-                    std::io::ErrorKind::AddrNotAvailable => {
-                        "that IP address is not configured on this host"
-                    }
-                    _ => "check the `listen` address",
-                },
-                source,
-            })?;
-            let bound = listener.local_addr().unwrap_or(addr);
-            listeners.push((name.clone(), bound));
-            accept_tasks.push(tokio::spawn(accept_loop(listener, slot.clone())));
-        }
-        live.connectors.push(LiveConnector {
-            name,
-            slot,
-            tls,
-            metrics,
-        });
-    }
-    live.listeners_bound = !listeners.is_empty();
     let certificates = tls_state.map(|(certificates, store)| {
         accept_tasks.push(tokio::spawn(certificates.clone().watch(
             store.clone(),
@@ -297,6 +270,28 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
         live.certificates = Some((certificates.clone(), store, tls_connectors));
         certificates
     });
+    let mut running = Vec::new();
+    for c in &cfg.receive_connector {
+        let tls = live.tls_for(c).map_err(StartError::Tls)?;
+        let metrics = ConnectorMetrics::new(c.name.get_ref());
+        let ctx = live.context(c, policy.clone(), tls.clone(), metrics.clone());
+        let limits = ConnectionLimits::new(c.max_connections, c.max_connections_per_ip);
+        let slot = Arc::new(ArcSwap::from_pointee(ListenerState { ctx, limits }));
+        let mut listening = Vec::new();
+        for addr in &c.listen {
+            listening.push(listen(*addr.get_ref(), c.name.get_ref(), &slot)?);
+        }
+        running.push(LiveConnector {
+            name: c.name.get_ref().clone(),
+            config: c.clone(),
+            slot,
+            tls,
+            metrics,
+            listening,
+        });
+    }
+    live.connectors = Mutex::new(running);
+    let listeners = live.listeners();
     let live = Arc::new(live);
     let admin = match &cfg.admin {
         Some(a) => {
@@ -322,15 +317,73 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
 }
 
 impl Live {
-    /// The context sessions of connector `c` share.
+    /// (connector name, bound address) for every listener now.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.connectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|c| c.listening.iter().map(|l| (c.name.clone(), l.bound)))
+            .collect()
+    }
+
+    /// Closes every listener (end of shutdown).
+    fn stop_listening(&self) {
+        for c in self
+            .connectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
+            c.listening.clear();
+        }
+    }
+
+    /// The TLS acceptor for connector `c`: `Ok(None)` without TLS; an
+    /// error when it wants TLS and no certificate set was opened at start.
+    fn tls_for(
+        &self,
+        c: &crate::config::ReceiveConnectorConfig,
+    ) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        if !c.tls {
+            return Ok(None);
+        }
+        let Some((certificates, _, _)) = &self.certificates else {
+            return Err(
+                "TLS, and no listener offered TLS at start (the certificate store is not open)"
+                    .into(),
+            );
+        };
+        let fqdn = connector_fqdn(c, &self.started.server.hostname.get_ref().to_string());
+        let resolver = certificates.resolver(c.name.get_ref(), &fqdn, Service::Smtp);
+        let config = crate::tls::server_config(resolver).map_err(|e| e.to_string())?;
+        Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
+    }
+
+    /// What connector `c` needs that was not opened at start, if anything.
+    fn missing_for(&self, c: &crate::config::ReceiveConnectorConfig) -> Option<&'static str> {
+        if c.tls && self.certificates.is_none() {
+            Some("TLS, and no listener offered TLS at start")
+        } else if c.offers_auth() && self.users.is_none() {
+            Some("AUTH, and no listener offered AUTH at start")
+        } else if c.protocol_log && !self.protolog.is_enabled() {
+            Some("the protocol log, and no listener wrote it at start")
+        } else {
+            None
+        }
+    }
+
+    /// The context sessions of connector `c` share. Server-wide values
+    /// (host name, AUTH delay) come from the configuration the server
+    /// started with: changing them needs a restart.
     fn context(
         &self,
         c: &crate::config::ReceiveConnectorConfig,
-        cfg: &Config,
         policy: Arc<AcceptancePolicy>,
         tls: Option<tokio_rustls::TlsAcceptor>,
         metrics: Arc<ConnectorMetrics>,
     ) -> Arc<ConnectorContext> {
+        let cfg = &self.started;
         let name = c.name.get_ref().clone();
         Arc::new(ConnectorContext {
             name: name.clone(),
@@ -368,15 +421,18 @@ impl Live {
         match &result {
             Ok(r) => {
                 crate::admin::metrics::RELOADS.inc(&["applied"]);
-                let none = || "nothing".to_string();
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        v.join("; ")
+                    }
+                };
                 crate::events::emit(crate::events::ConfigReloaded {
                     source: &r.source,
-                    applied: &Some(r.applied.join("; "))
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(none),
-                    restart_needed: &Some(r.restart_needed.join("; "))
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(none),
+                    applied: &list(&r.applied),
+                    restart_needed: &list(&r.restart_needed),
+                    not_applied: &list(&r.not_applied),
                 });
             }
             Err(e) => {
@@ -408,24 +464,26 @@ impl Live {
             source: source.name,
             ..Default::default()
         };
-        let mut restart = |what: String| report.restart_needed.push(what);
+        let restart = &mut report.restart_needed;
         if new.server.data_dir != old.server.data_dir {
-            restart("server.data_dir".into());
+            restart.push("server.data_dir".into());
         }
         if new.server.hostname.get_ref() != old.server.hostname.get_ref() {
-            restart("server.hostname".into());
+            restart.push("server.hostname".into());
         }
         if new.server.shutdown_grace.0 != old.server.shutdown_grace.0 {
-            restart("server.shutdown_grace".into());
+            restart.push("server.shutdown_grace".into());
         }
+        // These sections hold no positions (`Spanned`), so their Debug
+        // text compares values only.
         if format!("{:?}", new.queue) != format!("{:?}", old.queue) {
-            restart("[queue]".into());
+            restart.push("[queue]".into());
         }
         if format!("{:?}", new.protocol_log) != format!("{:?}", old.protocol_log) {
-            restart("[protocol_log]".into());
+            restart.push("[protocol_log]".into());
         }
         if format!("{:?}", new.auth) != format!("{:?}", old.auth) {
-            restart("[auth]".into());
+            restart.push("[auth]".into());
         }
         let admin_of = |c: &Config| {
             c.admin
@@ -433,93 +491,9 @@ impl Live {
                 .map(|a| (*a.listen.get_ref(), a.token_file.clone()))
         };
         if admin_of(&new) != admin_of(old) {
-            restart("[admin]".into());
+            restart.push("[admin]".into());
         }
-        for c in &new.receive_connector {
-            if !old
-                .receive_connector
-                .iter()
-                .any(|o| o.name.get_ref() == c.name.get_ref())
-            {
-                restart(format!("new receive connector `{}`", c.name.get_ref()));
-            }
-        }
-        for o in &old.receive_connector {
-            if !new
-                .receive_connector
-                .iter()
-                .any(|c| c.name.get_ref() == o.name.get_ref())
-            {
-                restart(format!(
-                    "receive connector `{}` removed (it still listens)",
-                    o.name.get_ref()
-                ));
-            }
-        }
-        let policy = Arc::new(AcceptancePolicy::from_config(&new));
-        let mut updated = Vec::new();
-        for lc in &self.connectors {
-            let Some(oc) = old
-                .receive_connector
-                .iter()
-                .find(|c| c.name.get_ref() == &lc.name)
-            else {
-                continue;
-            };
-            let nc = new
-                .receive_connector
-                .iter()
-                .find(|c| c.name.get_ref() == &lc.name);
-            let Some(nc) = nc else { continue };
-            let listen = |c: &crate::config::ReceiveConnectorConfig| {
-                c.listen.iter().map(|l| *l.get_ref()).collect::<Vec<_>>()
-            };
-            let structural = nc.role.get_ref() != oc.role.get_ref()
-                || listen(nc) != listen(oc)
-                || nc.tls != oc.tls
-                || nc.offers_auth() != oc.offers_auth()
-                || nc.fqdn != oc.fqdn
-                || nc.protocol_log != oc.protocol_log;
-            // A structural change keeps the started connector settings,
-            // still with the new domains and mailboxes.
-            let use_cfg = if structural {
-                report.restart_needed.push(format!(
-                    "receive connector `{}`: role, listen, tls, auth, fqdn or protocol_log",
-                    lc.name
-                ));
-                oc
-            } else {
-                nc
-            };
-            let ctx = self.context(
-                use_cfg,
-                old,
-                policy.clone(),
-                lc.tls.clone(),
-                lc.metrics.clone(),
-            );
-            let current = lc.slot.load();
-            let limits = if current.ctx.config.max_connections == use_cfg.max_connections
-                && current.ctx.config.max_connections_per_ip == use_cfg.max_connections_per_ip
-            {
-                current.limits.clone()
-            } else {
-                ConnectionLimits::new(use_cfg.max_connections, use_cfg.max_connections_per_ip)
-            };
-            lc.slot.store(Arc::new(ListenerState { ctx, limits }));
-            updated.push(lc.name.clone());
-        }
-        report.applied.push(format!(
-            "accepted domains ({}) and mailboxes ({})",
-            new.accepted_domain.len(),
-            new.mailbox.len()
-        ));
-        if !updated.is_empty() {
-            report.applied.push(format!(
-                "receive connector settings (banner, limits, relay networks, timeouts) of {}",
-                updated.join(", ")
-            ));
-        }
+        self.reload_connectors(&new, &mut report);
         crate::events::configure(&new.events, &old.server.data_dir);
         report
             .applied
@@ -537,6 +511,178 @@ impl Live {
         }
         Ok(report)
     }
+
+    /// Applies the receive connectors of `new` (see the module comment).
+    fn reload_connectors(&self, new: &Config, report: &mut ReloadReport) {
+        let policy = Arc::new(AcceptancePolicy::from_config(new));
+        report.applied.push(format!(
+            "accepted domains ({}) and mailboxes ({})",
+            new.accepted_domain.len(),
+            new.mailbox.len()
+        ));
+        let mut connectors = self.connectors.lock().unwrap_or_else(|e| e.into_inner());
+        // Removed connectors: closed. Their open sessions finish.
+        connectors.retain(|lc| {
+            let keep = new
+                .receive_connector
+                .iter()
+                .any(|c| c.name.get_ref() == &lc.name);
+            if !keep {
+                report.applied.push(format!(
+                    "receive connector `{}` removed (no longer listening; open sessions finish)",
+                    lc.name
+                ));
+            }
+            keep
+        });
+        for nc in &new.receive_connector {
+            let name = nc.name.get_ref();
+            let existing = connectors.iter().position(|lc| &lc.name == name);
+            if let Some(missing) = self.missing_for(nc) {
+                report
+                    .restart_needed
+                    .push(format!("receive connector `{name}`: needs {missing}"));
+                // Keep it as it runs, with the new domains and mailboxes.
+                if let Some(lc) = existing.and_then(|i| connectors.get(i)) {
+                    let ctx = self.context(
+                        &lc.config,
+                        policy.clone(),
+                        lc.tls.clone(),
+                        lc.metrics.clone(),
+                    );
+                    let limits = lc.slot.load().limits.clone();
+                    lc.slot.store(Arc::new(ListenerState { ctx, limits }));
+                }
+                continue;
+            }
+            match existing.and_then(|i| connectors.get_mut(i)) {
+                Some(lc) => {
+                    if let Err(e) = self.update_connector(lc, nc, policy.clone()) {
+                        report.not_applied.push(e);
+                    } else {
+                        report.applied.push(format!("receive connector `{name}`"));
+                    }
+                }
+                None => match self.add_connector(nc, policy.clone()) {
+                    Ok(lc) => {
+                        report.applied.push(format!(
+                            "receive connector `{name}` added, listening on {}",
+                            lc.listening
+                                .iter()
+                                .map(|l| l.bound.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                        connectors.push(lc);
+                    }
+                    Err(e) => report.not_applied.push(e),
+                },
+            }
+        }
+    }
+
+    /// Swaps in the new settings of a running connector and binds or
+    /// closes addresses. Nothing changes when a new address cannot be
+    /// bound.
+    fn update_connector(
+        &self,
+        lc: &mut LiveConnector,
+        nc: &crate::config::ReceiveConnectorConfig,
+        policy: Arc<AcceptancePolicy>,
+    ) -> Result<(), String> {
+        let name = nc.name.get_ref();
+        // Same TLS and FQDN: keep the acceptor (and its session cache, so
+        // clients keep resuming).
+        let tls = if nc.tls == lc.config.tls && nc.fqdn == lc.config.fqdn {
+            lc.tls.clone()
+        } else {
+            self.tls_for(nc)
+                .map_err(|e| format!("receive connector `{name}`: {e}"))?
+        };
+        let wanted: Vec<SocketAddr> = nc.listen.iter().map(|l| *l.get_ref()).collect();
+        let mut added = Vec::new();
+        for addr in wanted
+            .iter()
+            .filter(|a| !lc.listening.iter().any(|l| l.configured == **a))
+        {
+            // On error `added` is dropped: those new sockets close again.
+            added.push(listen(*addr, name, &lc.slot).map_err(|e| e.to_string())?);
+        }
+        let ctx = self.context(nc, policy, tls.clone(), lc.metrics.clone());
+        let current = lc.slot.load();
+        let limits = if current.ctx.config.max_connections == nc.max_connections
+            && current.ctx.config.max_connections_per_ip == nc.max_connections_per_ip
+        {
+            current.limits.clone()
+        } else {
+            ConnectionLimits::new(nc.max_connections, nc.max_connections_per_ip)
+        };
+        lc.slot.store(Arc::new(ListenerState { ctx, limits }));
+        lc.listening.retain(|l| wanted.contains(&l.configured));
+        lc.listening.extend(added);
+        lc.tls = tls;
+        lc.config = nc.clone();
+        Ok(())
+    }
+
+    /// Starts a connector that was not running.
+    fn add_connector(
+        &self,
+        nc: &crate::config::ReceiveConnectorConfig,
+        policy: Arc<AcceptancePolicy>,
+    ) -> Result<LiveConnector, String> {
+        let name = nc.name.get_ref();
+        let tls = self
+            .tls_for(nc)
+            .map_err(|e| format!("receive connector `{name}`: {e}"))?;
+        let metrics = ConnectorMetrics::new(name);
+        let ctx = self.context(nc, policy, tls.clone(), metrics.clone());
+        let limits = ConnectionLimits::new(nc.max_connections, nc.max_connections_per_ip);
+        let slot = Arc::new(ArcSwap::from_pointee(ListenerState { ctx, limits }));
+        let mut listening = Vec::new();
+        for addr in &nc.listen {
+            listening.push(listen(*addr.get_ref(), name, &slot).map_err(|e| e.to_string())?);
+        }
+        Ok(LiveConnector {
+            name: name.clone(),
+            config: nc.clone(),
+            slot,
+            tls,
+            metrics,
+            listening,
+        })
+    }
+}
+
+/// Binds `addr` for `connector` and starts its accept loop.
+fn listen(
+    addr: SocketAddr,
+    connector: &str,
+    slot: &Arc<ArcSwap<ListenerState>>,
+) -> Result<Listening, StartError> {
+    let listener = bind(addr).map_err(|source| StartError::Bind {
+        addr,
+        connector: connector.to_string(),
+        hint: match source.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "another process already listens there; stop it or change `listen`"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "that IP address is not configured on this host"
+            }
+            _ => "check the `listen` address",
+        },
+        source,
+    })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    Ok(Listening {
+        configured: addr,
+        bound,
+        task: tokio::spawn(accept_loop(listener, slot.clone())),
+    })
 }
 
 impl crate::admin::metrics::ScrapeSource for Live {
@@ -580,9 +726,14 @@ impl crate::admin::metrics::ScrapeSource for Live {
 
 impl crate::admin::Backend for Live {
     fn readiness(&self) -> Readiness {
-        let wants_tls = self.started.receive_connector.iter().any(|c| c.tls);
+        let wants_tls = self
+            .connectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|c| c.config.tls);
         Readiness {
-            listeners_bound: self.listeners_bound,
+            listeners_bound: !self.listeners().is_empty(),
             queue_open: !self.shutdown.is_shutting_down(),
             certificates_loaded: !wants_tls || self.certificates.is_some(),
             shutting_down: self.shutdown.is_shutting_down(),
@@ -617,6 +768,7 @@ impl RunningServer {
         for t in &self.accept_tasks {
             t.abort();
         }
+        self.live.stop_listening();
         self.queue.sync().await;
         self.protolog.flush();
     }

@@ -45,6 +45,15 @@ async fn start(path: &Path) -> RunningServer {
         .expect("server starts")
 }
 
+/// `gatehouse_config_reloads_total{result}` from a scrape.
+fn reloads(metrics: &str, result: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("gatehouse_config_reloads_total{{result=\"{result}\"}}"),
+    )
+    .expect("reload counter")
+}
+
 /// The reply to RCPT TO:<rcpt> in a fresh session.
 async fn rcpt(addr: SocketAddr, to: &str) -> Reply {
     let mut c = Client::greeted(addr).await;
@@ -68,6 +77,8 @@ async fn bad_config_is_refused_and_good_one_applies_to_new_sessions() {
     let token = token(&data);
 
     assert!(rcpt(smtp, "x@new.test").await.starts("550 5.7.1"));
+    let r = call(admin, "GET", "/metrics", Some(&token)).await;
+    let (refused0, applied0) = (reloads(&r.body, "refused"), reloads(&r.body, "applied"));
 
     // A typo: refused with the position, nothing changes.
     let bad = base.replace("role = \"smtp\"", "role = \"smtp\"\nmax_recipient = 5");
@@ -212,20 +223,9 @@ async fn bad_config_is_refused_and_good_one_applies_to_new_sessions() {
         "{last}"
     );
     let r = call(admin, "GET", "/metrics", Some(&token)).await;
-    assert_eq!(
-        sample(
-            &r.body,
-            "gatehouse_config_reloads_total{result=\"refused\"}"
-        ),
-        Some(2.0)
-    );
-    assert_eq!(
-        sample(
-            &r.body,
-            "gatehouse_config_reloads_total{result=\"applied\"}"
-        ),
-        Some(3.0)
-    );
+    // Counters are process-wide: compare with the values at the start.
+    assert_eq!(reloads(&r.body, "refused") - refused0, 2.0);
+    assert_eq!(reloads(&r.body, "applied") - applied0, 3.0);
     server.shutdown().await;
 }
 
@@ -398,4 +398,131 @@ async fn sighup_reloads_a_running_serve() {
     assert!(err.contains("ConfigReloadRefused"), "{err}");
     assert!(err.contains("ConfigReloaded"), "{err}");
     assert!(err.contains("unknown variant `relayed`"), "{err}");
+}
+
+/// Connects, reads the greeting (bounded); `None` when refused.
+async fn greeting(addr: SocketAddr) -> Option<String> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let mut c = Client::over(stream);
+    let r = tokio::time::timeout(Duration::from_secs(5), c.reply())
+        .await
+        .ok()?;
+    Some(r.text)
+}
+
+/// Waits (bounded) until nothing accepts on `addr` any more.
+async fn closed(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn reload_adds_removes_and_rebinds_listeners() {
+    let _turn = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let path = dir.path().join("gatehouse.toml");
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let admin_section = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let second = format!(
+        "[[receive_connector]]\nname = \"Second\"\nrole = \"smtp\"\nlisten = [\"127.0.0.1:{p1}\"]\nbanner = \"second\"\n"
+    );
+    write(
+        &path,
+        &config_text(&data, "", &format!("{admin_section}\n{second}")),
+    );
+    let server = start(&path).await;
+    let admin = server.admin.unwrap();
+    let token = token(&data);
+    let first = server.addr("Default").unwrap();
+    let second_addr: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
+    assert!(greeting(second_addr).await.unwrap().ends_with(" second"));
+
+    // Default moves to p2, Second goes, Third comes on p3, and a
+    // submission connector needs AUTH, which was not opened at start.
+    let third = format!(
+        "[[receive_connector]]\nname = \"Third\"\nrole = \"smtp\"\nlisten = [\"127.0.0.1:{p3}\"]\nbanner = \"third\"\n\n[[receive_connector]]\nname = \"Sub\"\nrole = \"submission\"\nlisten = [\"127.0.0.1:{}\"]\n",
+        free_port()
+    );
+    let moved = config_text(&data, "", &format!("{admin_section}\n{third}")).replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:{p2}\"]"),
+        1,
+    );
+    write(&path, &moved);
+    let r = call(admin, "POST", "/reload", Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let applied = report["applied"].to_string();
+    assert!(
+        applied.contains(&format!(
+            "receive connector `Third` added, listening on 127.0.0.1:{p3}"
+        )),
+        "{applied}"
+    );
+    assert!(
+        applied.contains("receive connector `Second` removed"),
+        "{applied}"
+    );
+    assert_eq!(
+        report["restart_needed"],
+        serde_json::json!([
+            "receive connector `Sub`: needs AUTH, and no listener offered AUTH at start"
+        ]),
+        "{}",
+        r.body
+    );
+
+    let moved_to: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+    let third_addr: SocketAddr = format!("127.0.0.1:{p3}").parse().unwrap();
+    assert!(
+        greeting(moved_to)
+            .await
+            .unwrap()
+            .starts_with("220 mx.example.test")
+    );
+    assert!(greeting(third_addr).await.unwrap().ends_with(" third"));
+    assert!(closed(first).await, "Default's old address still accepts");
+    assert!(closed(second_addr).await, "removed connector still accepts");
+    let mut now: Vec<_> = server.live.listeners();
+    now.sort();
+    assert_eq!(
+        now,
+        [
+            ("Default".to_string(), moved_to),
+            ("Third".to_string(), third_addr)
+        ]
+    );
+
+    // An address that cannot be bound: that change fails, named in the
+    // reply; the rest is applied and the connector keeps its old address.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap();
+    write(
+        &path,
+        &moved.replace(&format!("127.0.0.1:{p3}"), &taken.to_string()),
+    );
+    let r = call(admin, "POST", "/reload", Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let failed = report["not_applied"].to_string();
+    assert!(
+        failed.contains(&format!("cannot listen on {taken} for connector `Third`")),
+        "{}",
+        r.body
+    );
+    assert!(greeting(third_addr).await.unwrap().ends_with(" third"));
+    server.shutdown().await;
+    assert!(closed(moved_to).await && closed(third_addr).await);
 }

@@ -63,6 +63,9 @@ pub struct ReloadReport {
     pub applied: Vec<String>,
     /// Changed settings that take effect only after a restart.
     pub restart_needed: Vec<String>,
+    /// Changes that failed (e.g. an address that cannot be bound); the
+    /// part they belong to keeps running as before.
+    pub not_applied: Vec<String>,
 }
 
 /// What the admin API needs from the running server.

@@ -128,11 +128,11 @@ catalog! {
         level: Information,
         verbosity: Lowest,
         exchange: [],
-        fields: { source, applied, restart_needed },
-        key: [source, applied, restart_needed],
-        message: "configuration reloaded from {source}; applied: {applied}; needs a restart: {restart_needed}",
-        explanation: "A reload (`gatehouse reload`, SIGHUP or POST /reload) read a valid configuration and applied what can change at runtime. Changes listed under 'needs a restart' are not in effect yet.",
-        action: "If a restart is needed for the listed settings, plan one; otherwise nothing.",
+        fields: { source, applied, restart_needed, not_applied },
+        key: [source, applied, restart_needed, not_applied],
+        message: "configuration reloaded from {source}; applied: {applied}; needs a restart: {restart_needed}; failed: {not_applied}",
+        explanation: "A reload (`gatehouse reload`, SIGHUP or POST /reload) read a valid configuration and applied what can change at runtime. Changes listed under 'needs a restart' are not in effect yet; changes listed under 'failed' (for example an address that cannot be bound) were not made and that part keeps running as before.",
+        action: "Fix what is listed under 'failed' and reload again; plan a restart for what is listed under 'needs a restart'; otherwise nothing.",
     }
 
     /// A new configuration was refused.
