@@ -247,13 +247,9 @@ fn levels_rate_limit_and_jsonl_sink() {
     assert_eq!(last["level"], "Warning");
     assert_eq!(last["repeated"], 4);
     assert!(last["at"].as_str().unwrap().ends_with('Z'));
-    assert!(
-        last["fields"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f[0] == "client" && f[1] == "192.0.2.4")
-    );
+    assert_eq!(last["fields"]["client"], "192.0.2.4");
+    assert_eq!(last["fields"]["connector"], "Default");
+    assert_eq!(last["fields"]["reason"], "protocol version");
 
     // Rotation: past max_file_size the file moves to events.1.jsonl, at
     // most `keep` rotated files remain.

@@ -303,12 +303,15 @@ impl prometheus_client::collector::Collector for GatehouseCollector {
                 .into_iter()
                 .map(|((version, cipher), n)| (vec![("version", version), ("cipher", cipher)], n)),
         )?;
-        counter(
-            &mut encoder,
-            "gatehouse_tls_resumptions",
-            "Inbound TLS handshakes that resumed a session",
-            [(Vec::new(), tls.resumed())],
-        )?;
+        {
+            let family = encoder.encode_descriptor(
+                "gatehouse_tls_resumptions",
+                "Inbound TLS handshakes that resumed a session",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            ConstCounter::new(tls.resumed()).encode(family)?;
+        }
         counter(
             &mut encoder,
             "gatehouse_tls_handshake_failures",

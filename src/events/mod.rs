@@ -556,7 +556,8 @@ pub struct Emitted {
     #[serde(serialize_with = "ser_time")]
     pub at: SystemTime,
     pub message: String,
-    /// The named fields and their values.
+    /// The named fields and their values (a JSON object on the wire).
+    #[serde(serialize_with = "ser_fields")]
     pub fields: Vec<(&'static str, String)>,
     /// Identical events suppressed by the rate limit since the last one.
     pub repeated: u64,
@@ -565,6 +566,17 @@ pub struct Emitted {
 
 fn ser_display<S: serde::Serializer>(c: &Category, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(c.name())
+}
+fn ser_fields<S: serde::Serializer>(
+    fields: &[(&'static str, String)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(fields.len()))?;
+    for (k, v) in fields {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
 }
 fn ser_level<S: serde::Serializer>(l: &Level, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(l.name())
