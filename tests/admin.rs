@@ -99,9 +99,11 @@ async fn metrics_after_smtp_and_tls_traffic() {
     failed_handshake(t.addr).await;
     wait_for_messages(&t.mailbox("catchall"), 1, Duration::from_secs(10)).await;
 
-    let r = call(admin, "GET", "/metrics", Some(&token)).await;
-    assert_eq!(r.status, 200);
-    let m = r.body;
+    let m = scrape_until(admin, &token, |m| {
+        sample(m, "gatehouse_tls_handshake_failures_total{reason=").is_some()
+            && sample(m, "gatehouse_deliveries_total{result=\"delivered\"}").unwrap_or(0.0) >= 1.0
+    })
+    .await;
     assert!(m.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
     let at_least = |prefix: &str, n: f64| {
         let v = sample(&m, prefix).unwrap_or_else(|| panic!("no sample {prefix} in\n{m}"));

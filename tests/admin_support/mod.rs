@@ -187,3 +187,18 @@ pub fn sample(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Scrapes /metrics until `ready` holds for the text (the server records
+/// a failed handshake after the client may already have seen the alert),
+/// at most 10 s; returns the last scrape.
+pub async fn scrape_until(admin: SocketAddr, token: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(admin, "GET", "/metrics", Some(token)).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        if ready(&r.body) || std::time::Instant::now() > deadline {
+            return r.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
