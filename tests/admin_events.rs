@@ -20,6 +20,20 @@ async fn tls_events(admin: std::net::SocketAddr, token: &str) -> Vec<serde_json:
         .collect()
 }
 
+/// Waits until the server has counted `n` failed handshakes in total
+/// (the counter is independent of event levels); returns the scrape.
+async fn wait_failures(admin: std::net::SocketAddr, token: &str, n: f64) -> String {
+    let total = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("gatehouse_tls_handshake_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let m = scrape_until(admin, token, |m| total(m) >= n).await;
+    assert!(total(&m) >= n, "{m}");
+    m
+}
+
 #[tokio::test]
 async fn tls_level_change_at_runtime_shows_handshake_failures_once_per_window() {
     let t = TestServer::start_with("", "[admin]\nlisten = \"127.0.0.1:0\"\n").await;
@@ -31,7 +45,7 @@ async fn tls_level_change_at_runtime_shows_handshake_failures_once_per_window() 
     let levels: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(levels["Tls"], "Low", "{}", r.body);
     failed_handshake(t.addr).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_failures(admin, &token, 1.0).await;
     assert!(tls_events(admin, &token).await.is_empty());
 
     // Bad requests name the problem.
@@ -87,9 +101,6 @@ async fn tls_level_change_at_runtime_shows_handshake_failures_once_per_window() 
     let r = call(admin, "PUT", "/log-level/tls/low", Some(&token)).await;
     assert_eq!(r.status, 200);
     failed_handshake(t.addr).await;
-    // The server side of failed_handshake has ended by now (it closed or
-    // answered); give the session task a moment to finish emitting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = call(admin, "GET", "/metrics", Some(&token)).await;
-    assert_eq!(sample(&r.body, COUNT), Some(4.0));
+    let m = wait_failures(admin, &token, 6.0).await;
+    assert_eq!(sample(&m, COUNT), Some(4.0));
 }
