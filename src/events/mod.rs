@@ -45,9 +45,9 @@
 //! gatehouse::events::emit(gatehouse::events::CertificatesReloaded { usable: &1, unusable: &0 });
 //! ```
 //!
-//! Adding an event (and converting an old `pub const X: EventDef` + `emit(&X, format!(..))`):
+//! Adding an event (or converting an old `pub const X: EventDef` + `emit(&X, format!(..))`):
 //! 1. add an entry to `catalog!` in catalog.rs (id, category, level, verbosity, exchange, fields, key, message with `{field}`s, explanation, action);
-//! 2. emit it as `events::emit(Name { field: &value, .. })`; 3. run `gatehouse events docs > docs/events.md`.
+//! 2. emit `events::emit(Name { field: &value, .. })` (old: one field `detail`, `detail: &format_args!(..)`); 3. `gatehouse events docs > docs/events.md`.
 //!
 //! Levels: each entry has a *severity* (`Level`: Error, Warning,
 //! Information, as the Windows event log shows it) and a *verbosity*
@@ -488,8 +488,16 @@ pub fn set_rate_limit_window(window: Duration) {
 }
 
 /// A hasher fed through `fmt::Write`, so key fields are hashed without
-/// formatting them into a String.
+/// formatting them into a String. Keyed per process, so a peer cannot
+/// pick key values (its IP, its SNI) that collide with another's and
+/// silence it.
 struct HashWriter(std::collections::hash_map::DefaultHasher);
+
+fn rate_hasher() -> std::collections::hash_map::DefaultHasher {
+    use std::hash::BuildHasher;
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    KEYS.get_or_init(Default::default).build_hasher()
+}
 impl fmt::Write for HashWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.0.write(s.as_bytes());
@@ -504,7 +512,7 @@ fn rate_check<E: Event>(event: &E) -> Option<u64> {
         return Some(0);
     }
     let def = E::DEF;
-    let mut h = HashWriter(Default::default());
+    let mut h = HashWriter(rate_hasher());
     event.for_each_field(&mut |name, value| {
         if def.key.contains(&name) {
             use fmt::Write as _;
