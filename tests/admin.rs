@@ -138,3 +138,32 @@ async fn metrics_after_smtp_and_tls_traffic() {
         names_and_label_sets(&m).join("\n")
     );
 }
+
+/// Reads what the server sends until it closes (bounded).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_requests_are_refused_not_buffered() {
+    let t = TestServer::start_with("", ADMIN).await;
+    let admin = t.server.admin.unwrap();
+    let reply = raw_exchange(admin, b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // Headers beyond the 64 KiB buffer: refused (431), connection closed.
+    let mut big = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..2000 {
+        big.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(60)).as_bytes());
+    }
+    big.extend_from_slice(b"\r\n");
+    let reply = raw_exchange(admin, &big).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    // Still serving.
+    let r = call(admin, "GET", "/healthz", None).await;
+    assert_eq!(r.status, 200);
+}
