@@ -794,8 +794,8 @@ fn start_certificates(
         .map_err(StartError::Certificates)?
     {
         crate::events::emit(crate::events::DefaultCertificateCreated {
-            thumbprint: &thumb,
-            hostname: &hostname,
+            thumbprint: &thumb.to_string(),
+            hostname,
         });
     }
     let certificates = CertificateSet::load(&store, hostname).map_err(StartError::Tls)?;

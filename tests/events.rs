@@ -187,9 +187,9 @@ fn handshake_failures(client: &str) -> Vec<events::Emitted> {
 
 fn fail(client: &str, reason: &str) {
     events::emit(TlsHandshakeFailed {
-        connector: &"Default",
-        client: &client,
-        reason: &reason,
+        connector: "Default",
+        client: client.parse().expect("test IP"),
+        reason,
     });
 }
 
@@ -269,4 +269,16 @@ fn levels_rate_limit_and_jsonl_sink() {
     let newest = std::fs::read_to_string(&jsonl).unwrap();
     assert!(newest.contains("198.51.100.59"));
     events::sink::configure(None);
+}
+
+#[test]
+fn every_field_type_has_an_operator_name() {
+    let text = events::docs::markdown();
+    assert!(
+        !text.contains("(value)"),
+        "a field type has no name in docs.rs `kind`"
+    );
+    for d in CATALOG {
+        assert_eq!(d.fields.len(), d.field_types.len(), "{}", d.name);
+    }
 }

@@ -105,7 +105,7 @@ pub async fn start(
     let (token, created) = token::load_or_create(&token_file)?;
     if created {
         crate::events::emit(crate::events::AdminTokenCreated {
-            token_file: &token_file.display(),
+            token_file: &token_file.display().to_string(),
         });
     }
     let listener = TcpListener::bind(listen)
@@ -116,8 +116,8 @@ pub async fn start(
         })?;
     let addr = listener.local_addr().unwrap_or(listen);
     crate::events::emit(crate::events::AdminListening {
-        address: &addr,
-        token_file: &token_file.display(),
+        address: addr,
+        token_file: &token_file.display().to_string(),
     });
     let state = Arc::new(State { token, backend });
     Ok((addr, tokio::spawn(serve(listener, state))))
@@ -219,7 +219,7 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Reply
     }
     if !authorized(&req, &state.token) {
         crate::events::emit(crate::events::AdminRequestRefused {
-            client: &peer.ip(),
+            client: peer.ip(),
             path: &path,
         });
         let mut r = text(

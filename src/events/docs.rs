@@ -5,6 +5,27 @@
 use super::{CATALOG, Category, EventDef};
 use std::fmt::Write as _;
 
+/// A field's type as an operator reads it.
+fn kind(rust_type: &str) -> &'static str {
+    match rust_type.replace(' ', "").as_str() {
+        "&'astr" => "text",
+        "usize" | "u64" | "u32" | "i64" | "i32" => "integer",
+        "std::net::IpAddr" | "IpAddr" => "IP address",
+        "std::net::SocketAddr" | "SocketAddr" => "address:port",
+        _ => "value",
+    }
+}
+
+/// `thumbprint` (text), `days` (integer).
+fn fields(d: &EventDef) -> String {
+    d.fields
+        .iter()
+        .zip(d.field_types)
+        .map(|(f, t)| format!("`{f}` ({})", kind(t)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `12024 (also 12014, 12023)`.
 fn exchange(d: &EventDef) -> String {
     match d.exchange_ids {
@@ -60,7 +81,7 @@ pub fn explain(d: &EventDef) -> String {
         let _ = writeln!(out, "  exchange:    MSExchangeTransport {}", exchange(d));
     }
     let _ = writeln!(out, "  message:     {}", d.message);
-    let _ = writeln!(out, "  fields:      {}", d.fields.join(", "));
+    let _ = writeln!(out, "  fields:      {}", fields(d));
     if !d.key.is_empty() {
         let _ = writeln!(out, "  repeats of:  same {}", d.key.join(" + "));
     }
@@ -117,15 +138,7 @@ pub fn markdown() -> String {
                 let _ = writeln!(out, "- Exchange equivalent: {}", exchange(d));
             }
             let _ = writeln!(out, "- Message: `{}`", d.message);
-            let _ = writeln!(
-                out,
-                "- Fields: {}",
-                d.fields
-                    .iter()
-                    .map(|f| format!("`{f}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let _ = writeln!(out, "- Fields: {}", fields(d));
             if !d.key.is_empty() {
                 let _ = writeln!(
                     out,

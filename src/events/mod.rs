@@ -17,7 +17,8 @@
 //!
 //! Emitting an event that is not in the catalog does not compile: `emit`
 //! takes an `Event`, a sealed trait only the `catalog!` macro implements,
-//! and each event is a struct whose fields are the message's named fields.
+//! and each event is a struct whose fields are the message's named fields,
+//! each with its type (`client: IpAddr`, `days: i64`, `connector: &'a str`).
 //! The macro also checks, at compile time, that the message template names
 //! exactly the declared fields.
 //!
@@ -33,7 +34,8 @@
 //!         id: 9999, name: "Mine", category: gatehouse::events::Category::Tls,
 //!         level: gatehouse::events::Level::Error,
 //!         verbosity: gatehouse::events::Verbosity::Lowest, exchange_ids: &[],
-//!         message: "m {x}", fields: &["x"], key: &[], explanation: "e", action: "a",
+//!         message: "m {x}", fields: &["x"], field_types: &["u8"], key: &[],
+//!         explanation: "e", action: "a",
 //!     };
 //!     fn for_each_field(&self, _: &mut dyn FnMut(&'static str, &dyn std::fmt::Display)) {}
 //! }
@@ -42,12 +44,17 @@
 //!
 //! ```
 //! // The catalog's own events compile, with their typed fields.
-//! gatehouse::events::emit(gatehouse::events::CertificatesReloaded { usable: &1, unusable: &0 });
+//! gatehouse::events::emit(gatehouse::events::CertificatesReloaded { usable: 1, unusable: 0 });
+//! ```
+//!
+//! ```compile_fail,E0308
+//! // Fields are typed: a count is not text.
+//! gatehouse::events::emit(gatehouse::events::CertificatesReloaded { usable: "1", unusable: 0 });
 //! ```
 //!
 //! Adding an event (or converting an old `pub const X: EventDef` + `emit(&X, format!(..))`):
 //! 1. add an entry to `catalog!` in catalog.rs (id, category, level, verbosity, exchange, fields, key, message with `{field}`s, explanation, action);
-//! 2. emit `events::emit(Name { field: &value, .. })` (old: one field `detail`, `detail: &format_args!(..)`); 3. `gatehouse events docs > docs/events.md`.
+//! 2. emit `events::emit(Name { field: value, .. })` (old style: one field `detail: &'a str` and `detail: &format!(..)`); 3. `gatehouse events docs > docs/events.md`.
 //!
 //! Levels: each entry has a *severity* (`Level`: Error, Warning,
 //! Information, as the Windows event log shows it) and a *verbosity*
@@ -219,6 +226,8 @@ pub struct EventDef {
     pub message: &'static str,
     /// The named fields, in declaration order.
     pub fields: &'static [&'static str],
+    /// Their Rust types, as written in the catalog (`&'a str`, `IpAddr`).
+    pub field_types: &'static [&'static str],
     /// The fields that identify "the same event again" for rate limiting.
     pub key: &'static [&'static str],
     /// What happened and why it matters.
@@ -244,13 +253,13 @@ pub trait Event: sealed::Sealed {
 macro_rules! catalog {
     ($(
         $(#[doc = $doc:literal])*
-        $ty:ident {
+        $ty:ident $(<$lt:lifetime>)? {
             id: $id:literal,
             category: $cat:ident,
             level: $lvl:ident,
             verbosity: $verb:ident,
             exchange: [$($ex:literal),* $(,)?],
-            fields: { $($field:ident),+ $(,)? },
+            fields: { $($field:ident : $fty:ty),+ $(,)? },
             key: [$($key:ident),* $(,)?],
             message: $msg:literal,
             explanation: $expl:literal,
@@ -261,14 +270,13 @@ macro_rules! catalog {
             $(#[doc = $doc])*
             #[doc = ""]
             #[doc = concat!("Message: `", $msg, "`")]
-            pub struct $ty<'a> {
-                $(pub $field: &'a dyn std::fmt::Display,)+
+            pub struct $ty $(<$lt>)? {
+                $(pub $field: $fty,)+
             }
 
-            impl super::sealed::Sealed for $ty<'_> {}
-
-            impl super::Event for $ty<'_> {
-                const DEF: &'static super::EventDef = &super::EventDef {
+            impl $(<$lt>)? $ty $(<$lt>)? {
+                /// This event's catalog entry.
+                pub const ENTRY: &'static super::EventDef = &super::EventDef {
                     id: $id,
                     name: stringify!($ty),
                     category: super::Category::$cat,
@@ -277,12 +285,19 @@ macro_rules! catalog {
                     exchange_ids: &[$($ex),*],
                     message: $msg,
                     fields: &[$(stringify!($field)),+],
+                    field_types: &[$(stringify!($fty)),+],
                     key: &[$(stringify!($key)),*],
                     explanation: $expl,
                     action: $act,
                 };
+            }
+
+            impl $(<$lt>)? super::sealed::Sealed for $ty $(<$lt>)? {}
+
+            impl $(<$lt>)? super::Event for $ty $(<$lt>)? {
+                const DEF: &'static super::EventDef = Self::ENTRY;
                 fn for_each_field(&self, f: &mut dyn FnMut(&'static str, &dyn std::fmt::Display)) {
-                    $(f(stringify!($field), self.$field);)+
+                    $(f(stringify!($field), &self.$field);)+
                 }
             }
 
@@ -298,7 +313,7 @@ macro_rules! catalog {
 
         /// Every event, in table order.
         pub static CATALOG: &[&super::EventDef] = &[
-            $(<$ty<'static> as super::Event>::DEF,)*
+            $($ty::ENTRY,)*
         ];
     };
 }

@@ -108,8 +108,8 @@ impl CertificateSet {
         }
         let new = read_state(store);
         events::emit(CertificatesReloaded {
-            usable: &new.keys.len(),
-            unusable: &new.problems.len(),
+            usable: new.keys.len(),
+            unusable: new.problems.len(),
         });
         self.state.store(Arc::new(new));
         true
@@ -134,7 +134,7 @@ impl CertificateSet {
                     .unwrap_or_else(|| format!("{} (ephemeral self-signed)", self.ephemeral_thumb));
                 events::emit(CertificateFallback {
                     connector: name,
-                    detail: &format_args!("wanted certificate {thumb} cannot be loaded ({reason})"),
+                    detail: &format!("wanted certificate {thumb} cannot be loaded ({reason})"),
                     used: &used,
                 });
             }
@@ -146,10 +146,10 @@ impl CertificateSet {
             {
                 events::emit(CertificateFallback {
                     connector: name,
-                    detail: &format_args!(
+                    detail: &format!(
                         "no valid certificate enabled for smtp matches {fqdn} and there is no usable default"
                     ),
-                    used: &format_args!(
+                    used: &format!(
                         "the ephemeral self-signed certificate {}",
                         self.ephemeral_thumb
                     ),
@@ -182,7 +182,7 @@ impl CertificateSet {
                 events::emit(CertificateExpiresSoon {
                     thumbprint: &c.sha1,
                     subject: &c.subject,
-                    days: &left,
+                    days: left,
                 });
             }
         }
@@ -279,11 +279,11 @@ impl ResolvesServerCert for ConnectorResolver {
             announced.insert(self.connector.clone(), Instant::now());
             events::emit(CertificateFallback {
                 connector: &self.connector,
-                detail: &format_args!(
+                detail: &format!(
                     "handshake for {} found no usable certificate",
                     hello.server_name().unwrap_or(&self.fqdn)
                 ),
-                used: &format_args!(
+                used: &format!(
                     "the ephemeral self-signed certificate {}",
                     self.set.ephemeral_thumb
                 ),

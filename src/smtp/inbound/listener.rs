@@ -93,8 +93,8 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<arc_swap::ArcSwap<List
         let Ok(total) = limits.total.clone().try_acquire_owned() else {
             crate::events::emit(crate::events::ConnectionLimitReached {
                 connector: &ctx.name,
-                client: &peer.ip(),
-                limit: &ctx.config.max_connections,
+                client: peer.ip(),
+                limit: ctx.config.max_connections,
             });
             refuse(stream, Reply::too_many_connections(&ctx.fqdn));
             continue;

@@ -702,11 +702,13 @@ impl Session {
             Ok(Err(e)) => {
                 let reason = crate::tls::failure_reason(&e);
                 crate::tls::counters().record_failure(reason);
-                crate::events::emit(crate::events::TlsHandshakeFailed {
-                    connector: &self.ctx.name,
-                    client: &self.peer.ip(),
-                    reason: &format_args!("{reason} ({e})"),
-                });
+                if crate::events::enabled(crate::events::TlsHandshakeFailed::ENTRY) {
+                    crate::events::emit(crate::events::TlsHandshakeFailed {
+                        connector: &self.ctx.name,
+                        client: self.peer.ip(),
+                        reason: &format!("{reason} ({e})"),
+                    });
+                }
                 self.log.info(&e.to_string(), "TLS negotiation failed");
                 tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
                 false
@@ -715,8 +717,8 @@ impl Session {
                 crate::tls::counters().record_failure("timeout");
                 crate::events::emit(crate::events::TlsHandshakeFailed {
                     connector: &self.ctx.name,
-                    client: &self.peer.ip(),
-                    reason: &"timeout",
+                    client: self.peer.ip(),
+                    reason: "timeout",
                 });
                 self.log.info("timeout", "TLS negotiation failed");
                 false
