@@ -14,6 +14,7 @@
 //! `server` wires the parts together; `main.rs` is only the CLI.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod certs;
 pub mod config;

@@ -38,6 +38,43 @@ enum Cmd {
     /// TLS doctor: probe a server (smtp://, smtps://, https://); decode/encode Windows protocol bitmasks.
     #[command(subcommand)]
     Tls(gatehouse::tls::doctor::cli::TlsCommand),
+    /// The event catalog: list, explain, docs.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Diagnostic logging: `log level list`, `log level set Tls Expert` (on the running server).
+    #[command(subcommand)]
+    Log(LogCmd),
+    /// Reload the running server's configuration and certificates (admin API; SIGHUP does the same).
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// One line per catalog entry.
+    List {
+        /// Only this category (Certificates, Tls, SmtpReceive, ...).
+        #[arg(long)]
+        category: Option<String>,
+    },
+    /// The full entry for an event ID, name or Exchange event ID.
+    Explain { query: String },
+    /// The catalog as Markdown (`gatehouse events docs > docs/events.md`).
+    Docs,
+}
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Diagnostic levels per category.
+    #[command(subcommand)]
+    Level(LevelCmd),
+}
+
+#[derive(Subcommand)]
+enum LevelCmd {
+    /// Show the running server's level per category.
+    List,
+    /// Change one category's level at runtime (Lowest, Low, Medium, High, Expert).
+    Set { category: String, level: String },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +100,31 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Tls(cmd) => ExitCode::from(cmd.run(&mut std::io::stdout())),
+        Cmd::Events(cmd) => events(cmd),
+        Cmd::Log(LogCmd::Level(LevelCmd::List)) => admin_call(cli.config, "GET", "/log-level"),
+        Cmd::Log(LogCmd::Level(LevelCmd::Set { category, level })) => {
+            let Some(c) = gatehouse::events::Category::parse(&category) else {
+                eprintln!(
+                    "gatehouse: unknown category `{category}`; categories: {}",
+                    gatehouse::events::Category::ALL
+                        .map(|c| c.name())
+                        .join(", ")
+                );
+                return ExitCode::from(1);
+            };
+            let Some(l) = gatehouse::events::Verbosity::parse(&level) else {
+                eprintln!(
+                    "gatehouse: unknown level `{level}`; levels: Lowest, Low, Medium, High, Expert"
+                );
+                return ExitCode::from(1);
+            };
+            admin_call(
+                cli.config,
+                "PUT",
+                &format!("/log-level/{}/{}", c.name(), l.name()),
+            )
+        }
+        Cmd::Reload => admin_call(cli.config, "POST", "/reload"),
         Cmd::Serve => match serve(cli.config) {
             Ok(code) => code,
             Err(e) => {
@@ -70,6 +132,86 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn events(cmd: EventsCmd) -> ExitCode {
+    use gatehouse::events::{Category, docs, lookup};
+    match cmd {
+        EventsCmd::List { category } => {
+            let c = match category.as_deref().map(|c| (c, Category::parse(c))) {
+                None => None,
+                Some((_, Some(c))) => Some(c),
+                Some((c, None)) => {
+                    eprintln!(
+                        "gatehouse: unknown category `{c}`; categories: {}",
+                        Category::ALL.map(|c| c.name()).join(", ")
+                    );
+                    return ExitCode::from(1);
+                }
+            };
+            print!("{}", docs::list(c));
+        }
+        EventsCmd::Explain { query } => {
+            let found = lookup(&query);
+            if found.is_empty() {
+                eprintln!(
+                    "gatehouse: no event with ID, name or Exchange ID `{query}`; `gatehouse events list` shows them all"
+                );
+                return ExitCode::from(1);
+            }
+            for (i, d) in found.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{}", docs::explain(d));
+            }
+        }
+        EventsCmd::Docs => print!("{}", docs::markdown()),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Calls the running server's admin API; prints the reply body.
+fn admin_call(path: Option<PathBuf>, method: &str, route: &str) -> ExitCode {
+    let cfg = match Config::load(path.as_deref()) {
+        Ok((cfg, _)) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            if route == "/reload" {
+                eprintln!(
+                    "gatehouse: not reloaded; the running server keeps its current configuration"
+                );
+            }
+            return ExitCode::from(1);
+        }
+    };
+    match gatehouse::admin::client::call(&cfg, method, route) {
+        Ok(r) if (200..300).contains(&r.status) => {
+            // Levels print as a table (`Tls  Expert`), like Get-EventLogLevel.
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&r.body) {
+                Ok(map) if route.starts_with("/log-level") => {
+                    for (category, level) in map {
+                        println!("{category:<14} {}", level.as_str().unwrap_or("?"));
+                    }
+                }
+                _ => print!("{}", r.body),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            // A refused reload: print the configuration errors as text.
+            let shown = serde_json::from_str::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|v| v.get("errors").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(r.body);
+            eprintln!("gatehouse: the server answered {}:\n{shown}", r.status);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -107,6 +249,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    let origin = gatehouse::server::ConfigOrigin::Load(path);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,9 +258,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         // Handlers first: a SIGTERM that arrives as soon as we announce the
         // listeners must still get a graceful stop.
         let signals = Signals::install()?;
-        let server = gatehouse::server::start(cfg.clone()).await?;
+        let server = gatehouse::server::start_from(cfg.clone(), origin).await?;
         announce(&source, &cfg, &server);
-        signals.wait().await;
+        signals.wait(&server.live).await;
         tracing::info!("shutting down: new sessions get 421, open transactions may finish");
         server.shutdown().await;
         tracing::info!("stopped");
@@ -152,6 +295,12 @@ fn announce(source: &ConfigSource, cfg: &Config, server: &gatehouse::server::Run
             what.unwrap_or_default()
         );
     }
+    if let Some(addr) = server.admin {
+        println!(
+            "admin API: http://{addr}/ (bearer token in {})",
+            cfg.admin_token_file().display()
+        );
+    }
     if let Some((_, addr)) = server.listeners.first() {
         let to = cfg
             .mailbox
@@ -178,10 +327,12 @@ fn announce(source: &ConfigSource, cfg: &Config, server: &gatehouse::server::Run
     }
 }
 
-/// SIGTERM and SIGINT, installed before the server starts.
+/// SIGTERM and SIGINT (stop), SIGHUP (reload), installed before the
+/// server starts.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -190,13 +341,22 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+    /// Waits for a stop signal, reloading on every SIGHUP meanwhile (the
+    /// outcome is an event: ConfigReloaded or ConfigReloadRefused).
+    async fn wait(mut self, live: &std::sync::Arc<gatehouse::server::Live>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    let live = live.clone();
+                    let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+                }
+            }
         }
     }
 }

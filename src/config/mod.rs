@@ -89,6 +89,88 @@ pub struct Config {
     pub mailbox: Vec<MailboxConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// The loopback admin API; off when the section is absent.
+    pub admin: Option<AdminConfig>,
+}
+
+/// Event levels, rate limiting and the JSON lines file (SPEC 2.7).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Level of the categories not listed in `levels`.
+    #[serde(default = "default_event_level")]
+    pub default_level: crate::events::Verbosity,
+    /// Per category, e.g. `Tls = "Expert"` (Set-EventLogLevel scale).
+    #[serde(default)]
+    pub levels: std::collections::BTreeMap<crate::events::Category, crate::events::Verbosity>,
+    /// Repeats of the same event inside this window are counted, not
+    /// written; "0s" turns rate limiting off.
+    #[serde(default = "default_rate_limit_window")]
+    pub rate_limit_window: HumanDuration,
+    /// Events kept in memory for GET /events.
+    #[serde(default = "default_event_history")]
+    pub history: usize,
+    /// Write events as JSON lines.
+    #[serde(default = "default_true")]
+    pub jsonl: bool,
+    /// Default: `<data_dir>/log/events.jsonl`.
+    pub jsonl_path: Option<PathBuf>,
+    #[serde(default = "default_log_file_size")]
+    pub jsonl_max_file_size: ByteSize,
+    /// Rotated files kept besides the live one.
+    #[serde(default = "default_jsonl_keep")]
+    pub jsonl_keep: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            default_level: default_event_level(),
+            levels: Default::default(),
+            rate_limit_window: default_rate_limit_window(),
+            history: default_event_history(),
+            jsonl: true,
+            jsonl_path: None,
+            jsonl_max_file_size: default_log_file_size(),
+            jsonl_keep: default_jsonl_keep(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The configured level of `c`.
+    pub fn level_of(&self, c: crate::events::Category) -> crate::events::Verbosity {
+        self.levels.get(&c).copied().unwrap_or(self.default_level)
+    }
+}
+
+fn default_event_level() -> crate::events::Verbosity {
+    crate::events::Verbosity::Low
+}
+fn default_rate_limit_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_event_history() -> usize {
+    1024
+}
+fn default_jsonl_keep() -> usize {
+    5
+}
+
+/// The admin API (SPEC 2.11): loopback only, bearer token from a file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<SocketAddr>,
+    /// Default: `<data_dir>/admin.token`, created (0600) at first start.
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_admin_listen() -> Spanned<SocketAddr> {
+    Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 9925)))
 }
 
 /// SMTP AUTH settings shared by the connectors that offer AUTH.
@@ -541,6 +623,33 @@ impl Config {
             }
         }
 
+        if let Some(a) = &self.admin
+            && !a.listen.get_ref().ip().is_loopback()
+        {
+            err(
+                a.listen.span(),
+                format!(
+                    "admin API address {} is not a loopback address",
+                    a.listen.get_ref()
+                ),
+                "the admin API can reload the configuration: keep it on 127.0.0.1 or [::1] and reach it over SSH",
+            );
+        }
+        if self.events.history == 0 || self.events.history > 1_000_000 {
+            err(
+                0..0,
+                format!("[events] history = {} is out of range", self.events.history),
+                "keep between 1 and 1000000 events in memory (default 1024)",
+            );
+        }
+        if self.events.jsonl_max_file_size.0 < 4096 {
+            err(
+                0..0,
+                "[events] jsonl_max_file_size below 4 KiB".into(),
+                "remove the key to use the default (10 MB)",
+            );
+        }
+
         let mut domains = std::collections::HashMap::new();
         for d in &self.accepted_domain {
             if domains.insert(d.domain.get_ref().clone(), d.kind).is_some() {
@@ -645,6 +754,13 @@ impl Config {
     pub fn mail_dir(&self) -> PathBuf {
         self.server.data_dir.join("mail")
     }
+    /// Where the admin API's bearer token lives.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin
+            .as_ref()
+            .and_then(|a| a.token_file.clone())
+            .unwrap_or_else(|| self.server.data_dir.join("admin.token"))
+    }
     /// Where the protocol logs live.
     pub fn protocol_log_dir(&self) -> PathBuf {
         self.protocol_log
@@ -713,6 +829,38 @@ mod tests {
             DEFAULT_CONFIG.replace("\"@example.test\"]", "\"@example.test\", \"x@other.test\"]");
         let shown = parse(&text).unwrap_err().to_string();
         assert!(shown.contains("not an accepted domain"), "{shown}");
+    }
+
+    #[test]
+    fn events_levels_parse_and_unknown_category_is_located() {
+        let cfg = parse(&DEFAULT_CONFIG.replace(
+            "levels = { Tls = \"Low\" }",
+            "levels = { Tls = \"Expert\", Certificates = \"Medium\" }",
+        ))
+        .unwrap();
+        use crate::events::{Category, Verbosity};
+        assert_eq!(cfg.events.level_of(Category::Tls), Verbosity::Expert);
+        assert_eq!(
+            cfg.events.level_of(Category::Certificates),
+            Verbosity::Medium
+        );
+        assert_eq!(cfg.events.level_of(Category::Queue), Verbosity::Low);
+        let text =
+            DEFAULT_CONFIG.replace("levels = { Tls = \"Low\" }", "levels = { Tsl = \"Low\" }");
+        let shown = parse(&text).unwrap_err().to_string();
+        let line = text.lines().position(|l| l.contains("Tsl")).unwrap() + 1;
+        assert!(shown.contains(&format!("t.toml:{line}:")), "{shown}");
+        assert!(shown.contains("Tsl"), "{shown}");
+    }
+
+    #[test]
+    fn admin_must_listen_on_loopback() {
+        let text =
+            DEFAULT_CONFIG.replace("listen = \"127.0.0.1:9925\"", "listen = \"0.0.0.0:9925\"");
+        let shown = parse(&text).unwrap_err().to_string();
+        assert!(shown.contains("is not a loopback address"), "{shown}");
+        let cfg = parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(cfg.admin.unwrap().listen.get_ref().port(), 9925);
     }
 
     #[test]

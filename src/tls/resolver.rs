@@ -19,8 +19,8 @@
 
 use crate::certs::{CertInfo, CertStore, Service, choose, select};
 use crate::events::{
-    self, CERTIFICATE_EXPIRED, CERTIFICATE_EXPIRES_SOON, CERTIFICATE_FALLBACK, CERTIFICATE_PROBLEM,
-    CERTIFICATES_RELOADED,
+    self, CertificateExpired, CertificateExpiresSoon, CertificateFallback, CertificateUnusable,
+    CertificatesReloaded,
 };
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -107,14 +107,10 @@ impl CertificateSet {
             return false;
         }
         let new = read_state(store);
-        events::emit(
-            &CERTIFICATES_RELOADED,
-            format!(
-                "certificate store reloaded: {} usable, {} unusable",
-                new.keys.len(),
-                new.problems.len()
-            ),
-        );
+        events::emit(CertificatesReloaded {
+            usable: new.keys.len(),
+            unusable: new.problems.len(),
+        });
         self.state.store(Arc::new(new));
         true
     }
@@ -126,22 +122,21 @@ impl CertificateSet {
         let st = self.state.load();
         let now = SystemTime::now();
         for (thumb, reason) in &st.problems {
-            events::emit(
-                &CERTIFICATE_PROBLEM,
-                format!("certificate {thumb} cannot be used: {reason}"),
-            );
+            events::emit(CertificateUnusable {
+                thumbprint: thumb,
+                reason,
+            });
             for (name, fqdn) in connectors {
                 let sel = select(&st.infos, Service::Smtp, None, fqdn, now);
                 let used = sel
                     .chosen
                     .map(|c| c.sha1.clone())
                     .unwrap_or_else(|| format!("{} (ephemeral self-signed)", self.ephemeral_thumb));
-                events::emit(
-                    &CERTIFICATE_FALLBACK,
-                    format!(
-                        "connector `{name}`: wanted certificate {thumb} cannot be loaded ({reason}); using {used} instead"
-                    ),
-                );
+                events::emit(CertificateFallback {
+                    connector: name,
+                    detail: &format!("wanted certificate {thumb} cannot be loaded ({reason})"),
+                    used: &used,
+                });
             }
         }
         for (name, fqdn) in connectors {
@@ -149,13 +144,16 @@ impl CertificateSet {
                 .chosen
                 .is_none()
             {
-                events::emit(
-                    &CERTIFICATE_FALLBACK,
-                    format!(
-                        "connector `{name}`: no valid certificate enabled for smtp matches {fqdn} and there is no usable default; using the ephemeral self-signed certificate {}",
+                events::emit(CertificateFallback {
+                    connector: name,
+                    detail: &format!(
+                        "no valid certificate enabled for smtp matches {fqdn} and there is no usable default"
+                    ),
+                    used: &format!(
+                        "the ephemeral self-signed certificate {}",
                         self.ephemeral_thumb
                     ),
-                );
+                });
             }
         }
         let mut warned = self.expiry_warned.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,13 +168,10 @@ impl CertificateSet {
                 .map(|d| d.as_secs() as i64 / 86_400)
                 .unwrap_or(-1);
             if c.not_after <= now {
-                events::emit(
-                    &CERTIFICATE_EXPIRED,
-                    format!(
-                        "certificate {} ({}) expired; it is no longer selected",
-                        c.sha1, c.subject
-                    ),
-                );
+                events::emit(CertificateExpired {
+                    thumbprint: &c.sha1,
+                    subject: &c.subject,
+                });
                 continue;
             }
             let threshold = [1, 7, 14, 30].into_iter().find(|t| left < *t);
@@ -184,13 +179,11 @@ impl CertificateSet {
                 && warned.get(&c.sha1) != Some(&t)
             {
                 warned.insert(c.sha1.clone(), t);
-                events::emit(
-                    &CERTIFICATE_EXPIRES_SOON,
-                    format!(
-                        "certificate {} ({}) expires in {left} day(s)",
-                        c.sha1, c.subject
-                    ),
-                );
+                events::emit(CertificateExpiresSoon {
+                    thumbprint: &c.sha1,
+                    subject: &c.subject,
+                    days: left,
+                });
             }
         }
     }
@@ -284,15 +277,17 @@ impl ResolvesServerCert for ConnectorResolver {
             .is_none_or(|t| t.elapsed() >= REPEAT)
         {
             announced.insert(self.connector.clone(), Instant::now());
-            events::emit(
-                &CERTIFICATE_FALLBACK,
-                format!(
-                    "connector `{}`: handshake for {} found no usable certificate; using the ephemeral self-signed certificate {}",
-                    self.connector,
-                    hello.server_name().unwrap_or(&self.fqdn),
+            events::emit(CertificateFallback {
+                connector: &self.connector,
+                detail: &format!(
+                    "handshake for {} found no usable certificate",
+                    hello.server_name().unwrap_or(&self.fqdn)
+                ),
+                used: &format!(
+                    "the ephemeral self-signed certificate {}",
                     self.set.ephemeral_thumb
                 ),
-            );
+            });
         }
         Some(self.set.ephemeral.clone())
     }

@@ -63,33 +63,43 @@ impl ConnectionLimits {
     }
 }
 
+/// What a connector's accept loops use; swapped whole by a reload, so
+/// the next connection sees the new settings and open sessions keep
+/// theirs.
+pub struct ListenerState {
+    pub ctx: Arc<ConnectorContext>,
+    pub limits: Arc<ConnectionLimits>,
+}
+
 /// Runs one accept loop until the process ends.
-pub async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<ConnectorContext>,
-    limits: Arc<ConnectionLimits>,
-) {
+pub async fn accept_loop(listener: TcpListener, slot: Arc<arc_swap::ArcSwap<ListenerState>>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: wait a little rather than spin.
-                tracing::warn!(connector = %ctx.name, error = %e, "accept failed");
+                tracing::warn!(connector = %slot.load().ctx.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
+        let state = slot.load_full();
+        let (ctx, limits) = (&state.ctx, &state.limits);
         if ctx.shutdown.is_shutting_down() {
             refuse(stream, Reply::shutting_down(&ctx.fqdn));
             continue;
         }
         let Ok(total) = limits.total.clone().try_acquire_owned() else {
-            tracing::warn!(connector = %ctx.name, client = %peer, "connection refused: connector at max_connections");
+            crate::events::emit(crate::events::ConnectionLimitReached {
+                connector: &ctx.name,
+                client: peer.ip(),
+                limit: ctx.config.max_connections,
+            });
             refuse(stream, Reply::too_many_connections(&ctx.fqdn));
             continue;
         };
-        let Some(ip_slot) = limits.take_ip(peer.ip()) else {
+        let Some(ip_slot) = ConnectionLimits::take_ip(limits, peer.ip()) else {
             tracing::debug!(connector = %ctx.name, client = %peer, "connection refused: max_connections_per_ip");
             refuse(stream, Reply::too_many_connections_from_ip(&ctx.fqdn));
             continue;

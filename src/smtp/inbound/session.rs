@@ -62,6 +62,8 @@ pub struct ConnectorContext {
     pub auth_lockout: Arc<crate::auth::lockout::AuthLockout>,
     /// MAIL needs AUTH first (`submission`, RFC 6409 §4.3).
     pub require_auth: bool,
+    /// This connector's counters (sessions, accepted, rejections).
+    pub metrics: Arc<crate::admin::metrics::ConnectorMetrics>,
 }
 
 struct Transaction {
@@ -117,6 +119,7 @@ impl Session {
         local: SocketAddr,
     ) -> Session {
         let log = ctx.protolog.session(&ctx.connector_id, local, peer);
+        ctx.metrics.sessions.inc();
         let deadline = Instant::now() + ctx.config.connection_timeout.0;
         Session {
             ctx,
@@ -212,6 +215,7 @@ impl Session {
 
     /// Queues a reply, logging it.
     fn reply(&mut self, r: Reply) {
+        self.ctx.metrics.reply(r.code, r.status);
         let start = self.wbuf.len();
         r.write_to(&mut self.wbuf);
         // Log the bytes just queued, one protocol-log line per reply line.
@@ -734,13 +738,26 @@ impl Session {
                 true
             }
             Ok(Err(e)) => {
-                crate::tls::counters().record_failure(crate::tls::failure_reason(&e));
+                let reason = crate::tls::failure_reason(&e);
+                crate::tls::counters().record_failure(reason);
+                if crate::events::enabled(crate::events::TlsHandshakeFailed::ENTRY) {
+                    crate::events::emit(crate::events::TlsHandshakeFailed {
+                        connector: &self.ctx.name,
+                        client: self.peer.ip(),
+                        reason: &format!("{reason} ({e})"),
+                    });
+                }
                 self.log.info(&e.to_string(), "TLS negotiation failed");
                 tracing::debug!(client = %self.peer, error = %e, "TLS handshake failed");
                 false
             }
             Err(_) => {
                 crate::tls::counters().record_failure("timeout");
+                crate::events::emit(crate::events::TlsHandshakeFailed {
+                    connector: &self.ctx.name,
+                    client: self.peer.ip(),
+                    reason: "timeout",
+                });
                 self.log.info("timeout", "TLS negotiation failed");
                 false
             }
@@ -808,7 +825,10 @@ impl Session {
             recipients: tx.recipients,
         };
         match self.ctx.queue.submit(envelope, message).await {
-            Ok(()) => Reply::queued(&id.to_string(), size),
+            Ok(()) => {
+                self.ctx.metrics.accepted.inc();
+                Reply::queued(&id.to_string(), size)
+            }
             Err(e) => {
                 self.log.info(&e.to_string(), "Queue commit failed");
                 Reply::storage_failure(&e.to_string())

@@ -1,0 +1,193 @@
+//! The catalog table. ID ranges: 1000-1099 Certificates, 1100-1199 Tls,
+//! 1200-1299 SmtpReceive, 2000-2199 SmtpSend/Queue/Delivery, 3000-3099
+//! Acme, 4000-4099 Proxy, 5000-5099 Config, 6000-6099 Admin.
+//!
+//! `exchange` lists the familiar MSExchangeTransport events, closest
+//! first (`events explain 12014` finds CertificateFallback).
+//! `verbosity` is the category level at which the event starts to show
+//! (see the module above); `key` names the fields that make two
+//! occurrences "the same" for rate limiting.
+
+catalog! {
+    /// First start with TLS listeners and an empty store.
+    DefaultCertificateCreated<'a> {
+        id: 1001,
+        category: Certificates,
+        level: Information,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { thumbprint: &'a str, hostname: &'a str },
+        key: [thumbprint],
+        message: "created the self-signed default certificate {thumbprint} for {hostname}, enabled for smtp",
+        explanation: "At first start with a TLS listener and an empty certificate store, Gatehouse creates a self-signed certificate so STARTTLS works at once. Peers that verify certificates will not trust it.",
+        action: "Import a CA-issued certificate for the host name (`gatehouse cert import`) and enable it for smtp (`gatehouse cert enable THUMBPRINT --services smtp`).",
+    }
+
+    /// A certificate in the store cannot be used.
+    CertificateUnusable<'a> {
+        id: 1013,
+        category: Certificates,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [12013],
+        fields: { thumbprint: &'a str, reason: &'a str },
+        key: [thumbprint],
+        message: "certificate {thumbprint} cannot be used: {reason}",
+        explanation: "A certificate in the store could not be loaded: its key is missing or unreadable, does not match the certificate, or the file is damaged. Connectors that wanted it use another certificate (see CertificateFallback).",
+        action: "Re-import the certificate with its private key (`gatehouse cert import`), or remove it (`gatehouse cert remove THUMBPRINT`).",
+    }
+
+    /// An enabled certificate has expired.
+    CertificateExpired<'a> {
+        id: 1016,
+        category: Certificates,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [12016, 12015],
+        fields: { thumbprint: &'a str, subject: &'a str },
+        key: [thumbprint],
+        message: "certificate {thumbprint} ({subject}) expired; it is no longer selected",
+        explanation: "An enabled certificate is past its notAfter date. Unlike Exchange, Gatehouse no longer selects it; another valid certificate or the ephemeral fallback is used, which verifying peers will refuse.",
+        action: "Import a renewed certificate and enable it; it applies to new handshakes without a restart.",
+    }
+
+    /// An enabled certificate expires within 30 days.
+    CertificateExpiresSoon<'a> {
+        id: 1018,
+        category: Certificates,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [12018, 12017],
+        fields: { thumbprint: &'a str, subject: &'a str, days: i64 },
+        key: [thumbprint, days],
+        message: "certificate {thumbprint} ({subject}) expires in {days} day(s)",
+        explanation: "An enabled certificate is close to its notAfter date (warnings at 30, 14, 7 and 1 days). After it expires, TLS falls back to another certificate.",
+        action: "Renew the certificate and import the new one (`gatehouse cert import`); it takes effect without a restart.",
+    }
+
+    /// TLS is offered with another certificate than the one wanted.
+    CertificateFallback<'a> {
+        id: 1024,
+        category: Certificates,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [12024, 12014, 12023],
+        fields: { connector: &'a str, detail: &'a str, used: &'a str },
+        key: [connector, used],
+        message: "connector `{connector}`: {detail}; using {used} instead",
+        explanation: "The certificate the connector should present could not be used, so TLS is offered with another one, possibly the ephemeral self-signed certificate. Clients that verify the name or the chain will fail; opportunistic peers still encrypt.",
+        action: "Fix the reason given (missing or unreadable key, key not matching, expired, no certificate for the FQDN) or enable another certificate; `gatehouse cert which --connector NAME` shows the choice.",
+    }
+
+    /// The store changed on disk and was reloaded.
+    CertificatesReloaded {
+        id: 1030,
+        category: Certificates,
+        level: Information,
+        verbosity: Low,
+        exchange: [],
+        fields: { usable: usize, unusable: usize },
+        key: [],
+        message: "certificate store reloaded: {usable} usable, {unusable} unusable",
+        explanation: "The certificate store changed (import, enable, remove or a file replaced on disk) and was read again. New handshakes use the new state; open sessions keep theirs.",
+        action: "None if the change was intended; check CertificateUnusable events otherwise.",
+    }
+
+    /// One inbound TLS handshake failed.
+    TlsHandshakeFailed<'a> {
+        id: 1101,
+        category: Tls,
+        level: Warning,
+        verbosity: Medium,
+        exchange: [],
+        fields: { connector: &'a str, client: std::net::IpAddr, reason: &'a str },
+        key: [connector, reason],
+        message: "connector `{connector}`: TLS handshake with {client} failed: {reason}",
+        explanation: "A client started TLS (STARTTLS or port 465) and the handshake did not complete. A few are normal (scanners, clients that give up); many with the same reason point at a policy mismatch, for example clients that only speak TLS 1.0/1.1.",
+        action: "Look at the reason: `protocol version` means the client offers only TLS versions we refuse (upgrade the client); `no shared parameters` means no common cipher or key type; repeated timeouts can be a middlebox. `gatehouse tls probe` shows what we offer.",
+    }
+
+    /// A connector refused a connection at its connection limit.
+    ConnectionLimitReached<'a> {
+        id: 1201,
+        category: SmtpReceive,
+        level: Warning,
+        verbosity: Low,
+        exchange: [],
+        fields: { connector: &'a str, client: std::net::IpAddr, limit: usize },
+        key: [connector],
+        message: "connector `{connector}`: connection from {client} refused with 421, {limit} connections already open",
+        explanation: "The receive connector is at max_connections; new clients get 421 4.3.2 and retry later. Sustained, it delays mail.",
+        action: "Raise `max_connections` on the connector (and check for slow or stuck sessions), or find the client opening too many connections.",
+    }
+
+    /// A new configuration was applied.
+    ConfigReloaded<'a> {
+        id: 5001,
+        category: Config,
+        level: Information,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { source: &'a str, applied: &'a str, restart_needed: &'a str, not_applied: &'a str },
+        key: [source, applied, restart_needed, not_applied],
+        message: "configuration reloaded from {source}; applied: {applied}; needs a restart: {restart_needed}; failed: {not_applied}",
+        explanation: "A reload (`gatehouse reload`, SIGHUP or POST /reload) read a valid configuration and applied what can change at runtime. Changes listed under 'needs a restart' are not in effect yet; changes listed under 'failed' (for example an address that cannot be bound) were not made and that part keeps running as before.",
+        action: "Fix what is listed under 'failed' and reload again; plan a restart for what is listed under 'needs a restart'; otherwise nothing.",
+    }
+
+    /// A new configuration was refused.
+    ConfigReloadRefused<'a> {
+        id: 5002,
+        category: Config,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { source: &'a str, errors: &'a str },
+        key: [source, errors],
+        message: "configuration reload from {source} refused; the running configuration is unchanged: {errors}",
+        explanation: "A reload found errors in the new configuration. Nothing was applied: the server keeps running with the previous configuration.",
+        action: "Fix the errors shown (file:line:column), check with `gatehouse check-config`, then reload again.",
+    }
+
+    /// The admin API listens.
+    AdminListening<'a> {
+        id: 6001,
+        category: Admin,
+        level: Information,
+        verbosity: Low,
+        exchange: [],
+        fields: { address: std::net::SocketAddr, token_file: &'a str },
+        key: [],
+        message: "admin API listening on http://{address}/ (bearer token in {token_file})",
+        explanation: "The loopback admin API serves /healthz, /readyz, /metrics, /events, /log-level and /reload. Everything except /healthz and /readyz needs the bearer token.",
+        action: "Point Prometheus at /metrics with `authorization: { credentials_file: TOKEN_FILE }`.",
+    }
+
+    /// The admin bearer token was created.
+    AdminTokenCreated<'a> {
+        id: 6002,
+        category: Admin,
+        level: Information,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { token_file: &'a str },
+        key: [],
+        message: "created the admin API bearer token in {token_file} (mode 0600)",
+        explanation: "At first start Gatehouse creates a random bearer token for the admin API, readable only by its owner.",
+        action: "Give the file (not a copy of its content in a world-readable place) to the tools that call the admin API. Delete it and restart to rotate the token.",
+    }
+
+    /// A request to the admin API had no valid token.
+    AdminRequestRefused<'a> {
+        id: 6003,
+        category: Admin,
+        level: Warning,
+        verbosity: Low,
+        exchange: [],
+        fields: { client: std::net::IpAddr, path: &'a str },
+        key: [client],
+        message: "admin API request for {path} from {client} refused: missing or wrong bearer token",
+        explanation: "Someone on this host called the admin API without the token. It can be a misconfigured scraper or a local process probing the port.",
+        action: "Give the caller the token file, or find the process (`ss -tnp`).",
+    }
+}
