@@ -455,6 +455,41 @@ testssl_run "testssl (smtps port, implicit TLS): no MEDIUM+ finding beyond cert 
 testssl_run "testssl --starttls smtp (submission port): no MEDIUM+ finding beyond cert provenance" \
     "$SUB_PORT" submission --starttls smtp
 
+# --- 6. sslyze against Mozilla's "intermediate" configuration ------------------------------------
+# SSLYZE names the sslyze command (.ci/run installs it with pip into a venv);
+# without it the check is reported as skipped, not passed. Only
+# certificate_path_validation may fail: the test certificate is self-signed.
+sslyze_run() { # name port label [--starttls smtp]
+    local name=$1 port=$2 label=$3 out="$WORK/sslyze-$3.out"
+    shift 3
+    set +e
+    timeout -k 10 300 "$SSLYZE" --mozilla_config=intermediate "$@" "$HOST:$port{127.0.0.1}" >"$out" 2>&1
+    local rc=$?
+    set -e
+    say "  sslyze exit $rc"
+    if ! grep -q "Checking results against Mozilla's \"intermediate\" configuration" "$out"; then
+        fail "$name" "sslyze did not run its compliance check (exit $rc)" "$out"
+        return
+    fi
+    local bad
+    bad=$(sed -n '/COMPLIANCE AGAINST TLS CONFIGURATION/,$p' "$out" \
+        | grep -E '^\s+\* [a-z_]+:' | grep -v 'certificate_path_validation' || true)
+    if [ -n "$bad" ]; then
+        fail "$name" "not compliant: $bad" "$out"
+    else
+        sed -n '/COMPLIANCE AGAINST TLS CONFIGURATION/,$p' "$out" | sed 's/^/[tls]   /'
+        pass "$name"
+    fi
+}
+if [ -n "${SSLYZE:-}" ] && command -v "$SSLYZE" >/dev/null 2>&1; then
+    sslyze_run "sslyze --starttls smtp (smtp port): Mozilla intermediate, cert trust aside" "$SMTP_PORT" starttls --starttls smtp
+    sslyze_run "sslyze --starttls smtp (submission port): Mozilla intermediate, cert trust aside" "$SUB_PORT" submission --starttls smtp
+    sslyze_run "sslyze (smtps port): Mozilla intermediate, cert trust aside" "$SMTPS_PORT" smtps
+else
+    say "SKIP sslyze: set SSLYZE to the sslyze command (pip install sslyze)"
+    RESULTS+=("SKIP sslyze (SSLYZE not set)")
+fi
+
 # --- gatehouse still alive? ---------------------------------------------------------------------
 kill -0 "$GH_PID" 2>/dev/null || fail "gatehouse still running after the tests" "it exited"
 
