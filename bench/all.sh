@@ -10,7 +10,8 @@
 # and this script gathers those lines. A benchmark whose script is missing
 # (not built yet) or fails is listed as such, never silently left out.
 # Benchmarks (name: script [env]):
-#   accept:     bench/smtp-accept.sh                (Postfix, private instance)
+#   accept:     bench/smtp-accept.sh PIN=1          (Postfix, private instance; server on 1 core)
+#   accept-shared: bench/smtp-accept.sh PIN=0       (smtp-source and server share the CPUs)
 #   tls:        bench/tls-handshake.sh PIN=1        (Postfix; server on 1 core)
 #   tls-shared: bench/tls-handshake.sh PIN=0        (client and server share the CPUs)
 #   relay:      bench/relay.sh                      (Postfix -> smtp-sink)
@@ -20,7 +21,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-ONLY=${ONLY:-accept tls tls-shared relay idle proxy}
+ONLY=${ONLY:-accept accept-shared tls tls-shared relay idle proxy}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-$ROOT/bench/results/$STAMP}
 mkdir -p "$OUT"
@@ -49,7 +50,8 @@ run() { # name script [VAR=value ...]
     fi
 }
 
-run accept bench/smtp-accept.sh
+run accept bench/smtp-accept.sh PIN=1
+run accept-shared bench/smtp-accept.sh PIN=0
 run tls bench/tls-handshake.sh PIN=1
 run tls-shared bench/tls-handshake.sh PIN=0
 run relay bench/relay.sh
@@ -65,7 +67,7 @@ echo "- command: \`bash bench/all.sh\` (ONLY=\"$ONLY\"); logs in \`${OUT#"$ROOT"
 echo
 echo "| figure | peer | peer value | Gatehouse | ratio | bar (SPEC 3) | met |"
 echo "|---|---|---:|---:|---:|---|---|"
-for name in accept tls tls-shared relay idle proxy; do
+for name in accept accept-shared tls tls-shared relay idle proxy; do
     [ -n "${STATUS[$name]:-}" ] || continue
     if [ -f "$OUT/$name.log" ] && grep -q '^BENCH-RESULT|' "$OUT/$name.log"; then
         grep '^BENCH-RESULT|' "$OUT/$name.log" | while IFS='|' read -r _ metric peer pv gv ratio bar met; do
@@ -78,7 +80,7 @@ for name in accept tls tls-shared relay idle proxy; do
 done
 echo
 echo "Runs:"
-for name in accept tls tls-shared relay idle proxy; do
+for name in accept accept-shared tls tls-shared relay idle proxy; do
     [ -n "${STATUS[$name]:-}" ] && echo "- $name: ${STATUS[$name]}"
 done
 } | tee "$OUT/report.md"
