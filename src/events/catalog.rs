@@ -107,6 +107,48 @@ catalog! {
         action: "Look at the reason: `protocol version` means the client offers only TLS versions we refuse (upgrade the client); `no shared parameters` means no common cipher or key type; repeated timeouts can be a middlebox. `gatehouse tls probe` shows what we offer.",
     }
 
+    /// Recovery found a queue record it cannot trust.
+    QueueRecordQuarantined<'a> {
+        id: 2190,
+        category: Queue,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { file: &'a str, offset: usize, reason: &'a str },
+        key: [file],
+        message: "queue record at {file} offset {offset} {reason}; moved to the quarantine directory and not delivered",
+        explanation: "At start-up the journal found bytes that fail their checksum or are not a record at all (disk or file-system damage, or someone editing the spool). Gatehouse never delivers half a message: the bytes are copied to <data_dir>/queue/quarantine/ and start-up continues with the rest.",
+        action: "Inspect the file in the quarantine directory (it holds the raw record: envelope JSON and message). If the message matters, resend it from its original sender; then delete the file. Check the disk (`dmesg`, SMART) if this repeats.",
+    }
+
+    /// Recovery cut an incomplete write off the end of a segment.
+    QueueTornTailDiscarded<'a> {
+        id: 2191,
+        category: Queue,
+        level: Warning,
+        verbosity: Low,
+        exchange: [],
+        fields: { file: &'a str, offset: usize, bytes: usize },
+        key: [file],
+        message: "queue segment {file} ended in an incomplete record at offset {offset} ({bytes} bytes); discarded",
+        explanation: "The process or machine stopped while a batch was being written. Those bytes were never fsynced, so no client got a 250 for them: the clients retry, nothing acknowledged is lost.",
+        action: "Nothing, after an unclean stop. Repeated without crashes, check the disk.",
+    }
+
+    /// A group commit could not be written or synced.
+    QueueCommitFailed<'a> {
+        id: 2192,
+        category: Queue,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { operation: &'a str, error: &'a str, messages: usize },
+        key: [operation],
+        message: "queue {operation} failed ({error}); {messages} message(s) refused with 452 4.3.1, nothing acknowledged",
+        explanation: "The journal could not write or fsync a batch (disk full, I/O error). The sessions answered 452 4.3.1 so the clients keep the mail and retry; the failed tail is truncated and the segment sealed, so nothing acknowledged earlier is touched.",
+        action: "Free disk space under the data directory or fix the I/O error (`dmesg`); new mail is accepted again as soon as writes succeed, without a restart.",
+    }
+
     /// A connector refused a connection at its connection limit.
     ConnectionLimitReached<'a> {
         id: 1201,

@@ -345,19 +345,18 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, RecoveryReport, PendingCou
                     // Garbage that is not a torn append: keep it for an operator.
                     quarantine(dir, seg, off as u64, rest)?;
                     report.quarantined += 1;
-                    tracing::error!(
-                        segment = seg,
-                        offset = off,
-                        "queue segment holds unreadable data; kept in quarantine, rest of segment skipped"
-                    );
+                    crate::events::emit(crate::events::QueueRecordQuarantined {
+                        file: &log_path.display().to_string(),
+                        offset: off,
+                        reason: "is not a record (no header); the rest of the segment was skipped",
+                    });
                 } else {
                     report.torn_tails += 1;
-                    tracing::warn!(
-                        segment = seg,
-                        offset = off,
-                        bytes = rest.len(),
-                        "incomplete record at the end of a queue segment (a write that was never acknowledged); discarded"
-                    );
+                    crate::events::emit(crate::events::QueueTornTailDiscarded {
+                        file: &log_path.display().to_string(),
+                        offset: off,
+                        bytes: rest.len(),
+                    });
                 }
                 let f = OpenOptions::new().write(true).open(&log_path)?;
                 f.set_len(off as u64)?;
@@ -371,11 +370,11 @@ fn recover(dir: &Path) -> io::Result<(Vec<Recovered>, RecoveryReport, PendingCou
                 None => {
                     quarantine(dir, seg, off as u64, &rest[..rec_len])?;
                     report.quarantined += 1;
-                    tracing::error!(
-                        segment = seg,
-                        offset = off,
-                        "queue record failed its checksum; moved to quarantine and not delivered"
-                    );
+                    crate::events::emit(crate::events::QueueRecordQuarantined {
+                        file: &log_path.display().to_string(),
+                        offset: off,
+                        reason: "failed its checksum",
+                    });
                 }
                 Some((envelope, _)) => {
                     report.messages += 1;
@@ -535,7 +534,11 @@ impl Writer {
                 self.rotate_if_full();
             }
             Err((op, e)) => {
-                tracing::error!(error = %e, operation = op, messages = appends.len(), "queue commit failed; the sessions answer 452 4.3.1 and nothing is acknowledged");
+                crate::events::emit(crate::events::QueueCommitFailed {
+                    operation: op,
+                    error: &e.to_string(),
+                    messages: appends.len(),
+                });
                 self.seal_after_failure();
                 for (_, reply) in appends {
                     let _ = reply.send(Err(StorageError::Io {
@@ -778,6 +781,14 @@ mod tests {
         );
         let (_, msg) = j.read_message(rec[1].location).unwrap();
         assert_eq!(msg, b"message 2\r\n");
+        // The operator hears of it: QueueRecordQuarantined names the file.
+        let seg_name = seg.display().to_string();
+        assert!(
+            crate::events::recent().iter().any(|e| e.id == 2190
+                && e.message.contains(&seg_name)
+                && e.message.contains("failed its checksum")),
+            "no QueueRecordQuarantined event for {seg_name}"
+        );
     }
 
     #[test]
