@@ -556,6 +556,12 @@ async fn repeated_auth_failures_lock_the_address_out_across_sessions() {
             .await
             .starts("530 5.7.0")
     );
+    assert!(
+        gatehouse::events::recent()
+            .iter()
+            .any(|e| e.id == 1202 && e.message.contains("3 failed AUTH attempts from 127.0.0.1")),
+        "AuthLockedOut event"
+    );
 }
 
 /// A correct password before the threshold clears the count.

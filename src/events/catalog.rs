@@ -107,6 +107,20 @@ catalog! {
         action: "Look at the reason: `protocol version` means the client offers only TLS versions we refuse (upgrade the client); `no shared parameters` means no common cipher or key type; repeated timeouts can be a middlebox. `gatehouse tls probe` shows what we offer.",
     }
 
+    /// Repeated AUTH failures locked an address out.
+    AuthLockedOut<'a> {
+        id: 1202,
+        category: SmtpReceive,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { connector: &'a str, client: std::net::IpAddr, failures: u32, minutes: u64 },
+        key: [client],
+        message: "connector `{connector}`: {failures} failed AUTH attempts from {client}; its AUTH is refused with 454 4.7.0 for {minutes} minute(s)",
+        explanation: "An address (for IPv6 its /64) failed AUTH `lockout_threshold` times within `lockout_window`, across sessions and connectors: typical of password guessing. Until the lockout ends, its AUTH is refused before any password is checked.",
+        action: "If the address is a legitimate client with a stale password, fix the password in the client; the lockout ends by itself. If it is an attacker, consider blocking it at the firewall. Tune [auth] lockout_threshold / lockout_window / lockout_duration.",
+    }
+
     /// Recovery found a queue record it cannot trust.
     QueueRecordQuarantined<'a> {
         id: 2190,

@@ -650,13 +650,12 @@ impl Session {
                 lockout.failed(self.peer.ip(), std::time::Instant::now())
             {
                 let p = lockout.policy();
-                tracing::warn!(
-                    client = %self.peer.ip(),
-                    failures = p.threshold,
-                    window = ?p.window,
-                    lockout = ?p.duration,
-                    "AUTH locked out for this address after repeated failures; AUTH gets 454 4.7.0 until the lockout ends (raise [auth] lockout_threshold or wait)"
-                );
+                crate::events::emit(crate::events::AuthLockedOut {
+                    connector: &self.ctx.name,
+                    client: self.peer.ip(),
+                    failures: p.threshold,
+                    minutes: p.duration.as_secs().div_ceil(60),
+                });
             }
             tokio::time::sleep(self.ctx.auth_failure_delay).await;
             Ok(self.reply_counted(Reply::auth_failed()))
