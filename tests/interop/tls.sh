@@ -490,6 +490,34 @@ else
     RESULTS+=("SKIP sslyze (SSLYZE not set)")
 fi
 
+# --- 7. command-injection-tester (Hanno Böck's STARTTLS injection checker) ------------------------
+# COMMAND_INJECTION_TESTER names the command (.ci/run installs it with pip).
+# It pipelines a command behind STARTTLS and checks whether the server runs
+# it inside TLS; the pass line is its own verdict "Probably no command
+# injection here!", and any of its warning verdicts fails.
+cit_run() { # name port
+    local name=$1 port=$2 out="$WORK/cit-$2.out"
+    set +e
+    timeout -k 5 120 "$COMMAND_INJECTION_TESTER" --smtp --smtp-port "$port" --nocolor \
+        --logdir "$WORK/cit-logs" 127.0.0.1 >"$out" 2>&1
+    local rc=$?
+    set -e
+    if grep -qE 'Command injection here|Probable command injection|Possible command injection' "$out"; then
+        fail "$name" "the tester reports an injection (exit $rc)" "$out"
+    elif grep -q 'Probably no command injection here' "$out"; then
+        pass "$name"
+    else
+        fail "$name" "no verdict from the tester (exit $rc)" "$out"
+    fi
+}
+if [ -n "${COMMAND_INJECTION_TESTER:-}" ] && command -v "$COMMAND_INJECTION_TESTER" >/dev/null 2>&1; then
+    cit_run "command-injection-tester (smtp port): no STARTTLS command injection" "$SMTP_PORT"
+    cit_run "command-injection-tester (submission port): no STARTTLS command injection" "$SUB_PORT"
+else
+    say "SKIP command-injection-tester: set COMMAND_INJECTION_TESTER (pip install command-injection-tester)"
+    RESULTS+=("SKIP command-injection-tester (COMMAND_INJECTION_TESTER not set)")
+fi
+
 # --- gatehouse still alive? ---------------------------------------------------------------------
 kill -0 "$GH_PID" 2>/dev/null || fail "gatehouse still running after the tests" "it exited"
 
