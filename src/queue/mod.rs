@@ -17,15 +17,19 @@
 //! delivered a second time: at-least-once, duplicates bounded by the
 //! in-flight window).
 //!
-//! Recipients routed to a relay domain wait here until send connectors
-//! exist; they are kept, never dropped.
+//! Recipients routed to another host go to `relay` (per-destination
+//! queues in `smtp::outbound`, retry, expiry, DSN); with no send connector
+//! for their domain they stay queued and are retried, never dropped.
 
+pub mod dsn;
 pub mod journal;
 pub mod message;
+pub mod relay;
 
 use crate::delivery::maildir::Maildir;
 pub use journal::{FaultInjection, Journal, Location, StorageError};
 use message::{Envelope, Route};
+pub use relay::{DsnRouter, Outcome, RelayJob, RelaySettings, Tracked};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,14 +57,24 @@ pub struct QueueSettings {
     pub segment_size: u64,
     pub delivery_workers: usize,
     pub retry_after: Duration,
+    /// Outbound retry, expiry and DSN timing.
+    pub relay: RelaySettings,
 }
 
 struct Job {
-    location: Location,
-    envelope: Arc<Envelope>,
+    msg: Arc<Tracked>,
     data: Option<Arc<Vec<u8>>>,
-    done: HashSet<u32>,
     attempts: u32,
+    /// Relay recipients were handed to `relay` (a local retry must not
+    /// send them again).
+    relay_dispatched: bool,
+}
+
+/// What relaying needs besides the journal: the send side and how to
+/// route a DSN back to a sender.
+pub struct RelayContext {
+    pub outbound: Arc<crate::smtp::outbound::Outbound>,
+    pub dsn_router: DsnRouter,
 }
 
 struct Inner {
@@ -68,6 +82,8 @@ struct Inner {
     jobs: mpsc::UnboundedSender<Job>,
     stats: QueueStats,
     settings: QueueSettings,
+    outbound: Option<Arc<crate::smtp::outbound::Outbound>>,
+    dsn_router: Option<DsnRouter>,
 }
 
 /// Cheap-to-clone handle to the queue.
@@ -79,16 +95,31 @@ pub struct Queue {
 /// Whether delivering `job` touches the disk (reading the journal or
 /// writing a Maildir), so it must run on a blocking thread.
 fn needs_blocking_io(job: &Job) -> bool {
-    let pending_local = job.envelope.recipients.iter().enumerate().any(|(i, r)| {
-        !job.done.contains(&(i as u32)) && matches!(r.route, Route::Mailbox { discard: false, .. })
-    });
-    pending_local || job.data.is_none()
+    let done = job.msg.done.lock().unwrap_or_else(|e| e.into_inner());
+    let pending_local = job
+        .msg
+        .envelope
+        .recipients
+        .iter()
+        .enumerate()
+        .any(|(i, r)| {
+            !done.contains(&(i as u32)) && matches!(r.route, Route::Mailbox { discard: false, .. })
+        });
+    pending_local
 }
 
 impl Queue {
     /// Opens the journal, recovers unfinished messages and starts the
     /// scheduler. Needs a Tokio runtime.
     pub fn start(settings: QueueSettings) -> Result<Queue, StorageError> {
+        Queue::start_with(settings, None)
+    }
+
+    /// `start`, with send connectors for relay recipients.
+    pub fn start_with(
+        settings: QueueSettings,
+        relay: Option<RelayContext>,
+    ) -> Result<Queue, StorageError> {
         let (journal, recovered, report) =
             Journal::open(&settings.queue_dir, settings.segment_size)?;
         tracing::info!(
@@ -106,16 +137,17 @@ impl Queue {
                 jobs: tx,
                 stats: QueueStats::default(),
                 settings,
+                outbound: relay.as_ref().map(|r| r.outbound.clone()),
+                dsn_router: relay.map(|r| r.dsn_router),
             }),
         };
         for r in recovered {
             queue.inner.stats.pending.fetch_add(1, Ordering::Relaxed);
             queue.enqueue(Job {
-                location: r.location,
-                envelope: Arc::new(r.envelope),
+                msg: Arc::new(Tracked::new(r.location, Arc::new(r.envelope), r.done)),
                 data: None,
-                done: r.done,
                 attempts: 0,
+                relay_dispatched: false,
             });
         }
         tokio::spawn(queue.clone().schedule(rx));
@@ -130,11 +162,10 @@ impl Queue {
         self.inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.inner.stats.pending.fetch_add(1, Ordering::Relaxed);
         self.enqueue(Job {
-            location,
-            envelope: Arc::new(envelope),
+            msg: Arc::new(Tracked::new(location, Arc::new(envelope), HashSet::new())),
             data: Some(Arc::new(message)),
-            done: HashSet::new(),
             attempts: 0,
+            relay_dispatched: false,
         });
         Ok(())
     }
@@ -201,27 +232,21 @@ impl Queue {
         });
     }
 
-    /// Delivers what can be delivered now. Returns the job if some local
+    /// Delivers what can be delivered now: local recipients here, relay
+    /// recipients handed to `relay` (once). Returns the job if some local
     /// recipient failed temporarily and needs a retry.
     fn deliver(&self, mut job: Job) -> Option<Job> {
         let s = &self.inner.settings;
-        let id = job.envelope.id;
-        let data = match &job.data {
-            Some(d) => d.clone(),
-            None => match self.inner.journal.read_message(job.location) {
-                Ok((_, d)) => Arc::new(d),
-                Err(e) => {
-                    tracing::error!(queue_id = %id, error = %e, "cannot read queued message; will retry");
-                    return Some(job);
-                }
-            },
-        };
+        let msg = job.msg.clone();
+        let id = msg.envelope.id;
+        let done: HashSet<u32> = msg.done.lock().unwrap_or_else(|e| e.into_inner()).clone();
         // One copy per mailbox, whatever the number of its recipients.
         let mut by_mailbox: BTreeMap<(&str, bool), Vec<u32>> = BTreeMap::new();
-        let mut held = 0;
-        for (i, r) in job.envelope.recipients.iter().enumerate() {
+        // Relay recipients grouped by domain (one transaction each).
+        let mut by_domain: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (i, r) in msg.envelope.recipients.iter().enumerate() {
             let i = i as u32;
-            if job.done.contains(&i) {
+            if done.contains(&i) {
                 continue;
             }
             match &r.route {
@@ -229,14 +254,36 @@ impl Queue {
                     .entry((name.as_str(), *discard))
                     .or_default()
                     .push(i),
-                Route::Relay { domain } => {
-                    held += 1;
-                    if job.attempts == 0 {
-                        tracing::warn!(queue_id = %id, recipient = %r.address, domain = %domain, "recipient held in the queue: no send connector is configured for relay domains yet");
-                    }
-                }
+                Route::Relay { domain } => by_domain.entry(domain.as_str()).or_default().push(i),
             }
         }
+        if !job.relay_dispatched {
+            job.relay_dispatched = true;
+            for (domain, rcpts) in by_domain {
+                self.dispatch_relay(RelayJob {
+                    msg: msg.clone(),
+                    rcpts,
+                    domain: domain.to_string(),
+                    data: job.data.clone(),
+                    attempts: 0,
+                });
+            }
+        }
+        if by_mailbox.is_empty() {
+            return None;
+        }
+        let need_data = by_mailbox.keys().any(|(_, discard)| !discard);
+        let data = match &job.data {
+            Some(d) => d.clone(),
+            None if !need_data => Arc::new(Vec::new()),
+            None => match self.inner.journal.read_message(msg.location) {
+                Ok((_, d)) => Arc::new(d),
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read queued message; will retry");
+                    return Some(job);
+                }
+            },
+        };
         let mut delivered = Vec::new();
         let mut failed = false;
         for ((name, discard), rcpts) in by_mailbox {
@@ -244,7 +291,7 @@ impl Queue {
                 Ok(None)
             } else {
                 Maildir::open(&s.mail_dir.join(name))
-                    .and_then(|md| md.deliver(&job.envelope.mail_from, &s.hostname, &data))
+                    .and_then(|md| md.deliver(&msg.envelope.mail_from, &s.hostname, &data))
                     .map(Some)
             };
             match result {
@@ -262,17 +309,8 @@ impl Queue {
             .stats
             .delivered
             .fetch_add(delivered.len() as u64, Ordering::Relaxed);
-        job.done.extend(delivered.iter().copied());
-        let finished = job.done.len() == job.envelope.recipients.len();
-        if !delivered.is_empty() || finished {
-            self.inner
-                .journal
-                .mark_done(job.location, delivered, finished);
-        }
-        if finished {
-            self.inner.stats.pending.fetch_sub(1, Ordering::Relaxed);
-        } else if held > 0 && !failed && job.attempts == 0 {
-            self.inner.stats.held.fetch_add(1, Ordering::Relaxed);
+        if !delivered.is_empty() {
+            msg.finish(&self.inner.journal, &self.inner.stats, delivered);
         }
         failed.then_some(job)
     }
