@@ -45,8 +45,7 @@ fn parse_dsn(msg: &[u8]) -> (String, String, String) {
         .iter()
         .filter_map(|p| p.content_type())
         .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")))
-        .filter(|t| t == "message/rfc822" || t == "text/rfc822-headers")
-        .next()
+        .find(|t| t == "message/rfc822" || t == "text/rfc822-headers")
         .unwrap_or_default();
     (parsed.subject().unwrap_or("").to_string(), status, third)
 }

@@ -96,16 +96,14 @@ pub struct Queue {
 /// writing a Maildir), so it must run on a blocking thread.
 fn needs_blocking_io(job: &Job) -> bool {
     let done = job.msg.done.lock().unwrap_or_else(|e| e.into_inner());
-    let pending_local = job
-        .msg
+    job.msg
         .envelope
         .recipients
         .iter()
         .enumerate()
         .any(|(i, r)| {
             !done.contains(&(i as u32)) && matches!(r.route, Route::Mailbox { discard: false, .. })
-        });
-    pending_local
+        })
 }
 
 impl Queue {

@@ -604,10 +604,9 @@ async fn serve(out: &Arc<Outbound>, dest: &Arc<Destination>, queue: &Queue) {
                             false,
                         ),
                     };
-                    let status = if status.starts_with('5') {
-                        format!("4{}", &status[1..])
-                    } else {
-                        status
+                    let status = match status.strip_prefix('5') {
+                        Some(rest) => format!("4{rest}"),
+                        None => status,
                     };
                     events::emit(
                         &events::OUTBOUND_CONNECTION_FAILED,
