@@ -279,3 +279,83 @@ async fn smtputf8_message_to_a_peer_without_smtputf8_bounces_5_6_7() {
     assert!(status.contains("Status: 5.6.7"), "{status}");
     assert!(sink.messages().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_operations_list_show_retry_delete_bounce_flush() {
+    // A peer that defers everything keeps messages in the queue.
+    let sink = Sink::start(SinkOptions::default()).await;
+    let relay = Relay::start("first_retry = \"1h\"", &smart(sink.addr, "")).await;
+    let q = &relay.server.queue;
+    for i in 0..3 {
+        relay
+            .send(
+                "sender@example.test",
+                &[&format!("later{i}@remote.test")],
+                "x",
+            )
+            .await;
+    }
+    assert!(
+        wait_until(WAIT, || {
+            let l = q.list(None);
+            l.len() == 3 && l.iter().all(|m| m.recipients[0].state == "deferred")
+        })
+        .await,
+        "three deferred: {:?}",
+        q.list(None)
+    );
+    let list = q.list(Some("remote.test"));
+    assert_eq!(list.len(), 3);
+    assert!(q.list(Some("other.test")).is_empty());
+    let first = &list[0];
+    assert_eq!(first.recipients[0].attempts, 1);
+    assert!(
+        first.recipients[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("451 4.2.0")),
+        "{first:?}"
+    );
+    assert_eq!(q.show(&first.id).unwrap(), *first);
+    assert!(matches!(
+        q.show("0000000000000000"),
+        Err(gatehouse::queue::ops::OpError::NotFound(_))
+    ));
+    assert!(matches!(
+        q.show("xyz"),
+        Err(gatehouse::queue::ops::OpError::BadId(_))
+    ));
+
+    // retry: one more attempt now instead of in an hour.
+    let before = sink.rcpt_attempts.lock().unwrap().len();
+    q.retry(&first.id).unwrap();
+    assert!(wait_until(WAIT, || sink.rcpt_attempts.lock().unwrap().len() > before).await);
+    assert!(
+        wait_until(WAIT, || q.show(&first.id).unwrap().recipients[0].attempts
+            == 2)
+        .await
+    );
+
+    // delete: gone, no DSN.
+    q.delete(&list[1].id).unwrap();
+    assert!(q.show(&list[1].id).is_err());
+    // bounce: gone, failure DSN to the sender.
+    q.bounce(&list[2].id).await.unwrap();
+    assert!(q.show(&list[2].id).is_err());
+    let dsns = wait_maildir(&relay.mailbox(), 1, WAIT).await;
+    assert_eq!(dsns.len(), 1, "exactly one DSN (for the bounce)");
+    let (_, status, _) = parse_dsn(&dsns[0]);
+    assert!(status.contains("later2@remote.test"), "{status}");
+    assert!(
+        status.contains("removed from the queue by an administrator"),
+        "{status}"
+    );
+    assert_eq!(q.list(None).len(), 1);
+
+    // flush tries what is left.
+    let before = sink.rcpt_attempts.lock().unwrap().len();
+    assert_eq!(q.flush(), 1);
+    assert!(wait_until(WAIT, || sink.rcpt_attempts.lock().unwrap().len() > before).await);
+    assert_eq!(q.retry_destination("remote.test"), 1);
+    assert_eq!(relay.pending(), 1);
+}

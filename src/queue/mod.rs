@@ -24,6 +24,7 @@
 pub mod dsn;
 pub mod journal;
 pub mod message;
+pub mod ops;
 pub mod relay;
 
 use crate::delivery::maildir::Maildir;
@@ -84,6 +85,8 @@ struct Inner {
     settings: QueueSettings,
     outbound: Option<Arc<crate::smtp::outbound::Outbound>>,
     dsn_router: Option<DsnRouter>,
+    /// Messages with unfinished recipients, by ID (for `ops`).
+    index: std::sync::Mutex<std::collections::HashMap<message::QueueId, Arc<Tracked>>>,
 }
 
 /// Cheap-to-clone handle to the queue.
@@ -137,6 +140,7 @@ impl Queue {
                 settings,
                 outbound: relay.as_ref().map(|r| r.outbound.clone()),
                 dsn_router: relay.map(|r| r.dsn_router),
+                index: Default::default(),
             }),
         };
         for r in recovered {
@@ -183,6 +187,13 @@ impl Queue {
     }
 
     fn enqueue(&self, job: Job) {
+        if job.attempts == 0 {
+            self.inner
+                .index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(job.msg.envelope.id, job.msg.clone());
+        }
         // The receiver lives as long as any Queue handle; a send error only
         // happens during process teardown, when the journal keeps the job.
         let _ = self.inner.jobs.send(job);
@@ -308,7 +319,7 @@ impl Queue {
             .delivered
             .fetch_add(delivered.len() as u64, Ordering::Relaxed);
         if !delivered.is_empty() {
-            msg.finish(&self.inner.journal, &self.inner.stats, delivered);
+            self.finish(&msg, delivered);
         }
         failed.then_some(job)
     }

@@ -79,6 +79,19 @@ pub struct Tracked {
     pub done: Mutex<HashSet<u32>>,
     /// Recipients already told about a delay.
     delay_notified: Mutex<HashSet<u32>>,
+    /// Relay recipients' retry state, for `Queue::list`/`show`.
+    pub retry: Mutex<std::collections::HashMap<u32, RetryState>>,
+    /// Wakes a waiting retry early (`Queue::retry`, `flush`).
+    pub wake: tokio::sync::Notify,
+}
+
+/// Where a deferred recipient stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryState {
+    pub attempts: u32,
+    pub status: String,
+    pub last_error: String,
+    pub next_try: SystemTime,
 }
 
 impl Tracked {
@@ -88,6 +101,8 @@ impl Tracked {
             envelope,
             done: Mutex::new(done),
             delay_notified: Mutex::new(HashSet::new()),
+            retry: Mutex::new(std::collections::HashMap::new()),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -98,10 +113,11 @@ impl Tracked {
             .contains(&rcpt)
     }
 
-    /// Marks `rcpts` finished; writes the done marks and, when this
+    /// Marks `rcpts` finished (use `Queue::finish`, which also updates
+    /// the index of queued messages); writes the done marks and, when this
     /// finishes the message, lets the journal drop it. Returns whether the
     /// message is now finished.
-    pub fn finish(&self, journal: &Journal, stats: &QueueStats, rcpts: Vec<u32>) -> bool {
+    pub(super) fn finish(&self, journal: &Journal, stats: &QueueStats, rcpts: Vec<u32>) -> bool {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         let was_finished = done.len() == self.envelope.recipients.len();
         let new: Vec<u32> = rcpts.into_iter().filter(|r| done.insert(*r)).collect();
@@ -200,6 +216,9 @@ impl Queue {
             let mut seen = HashSet::new();
             for (i, o) in results {
                 seen.insert(i);
+                if job.msg.is_done(i) {
+                    continue; // finished meanwhile (deleted or bounced by an operator)
+                }
                 match o {
                     Outcome::Delivered => delivered.push(i),
                     Outcome::Failed(s, d, m) => failed.push((i, s, d, m)),
@@ -207,7 +226,7 @@ impl Queue {
                 }
             }
             for i in &job.rcpts {
-                if !seen.contains(i) {
+                if !seen.contains(i) && !job.msg.is_done(*i) {
                     let (s, d) = rest
                         .clone()
                         .unwrap_or_else(|| ("4.0.0".into(), "no result".into()));
@@ -219,7 +238,7 @@ impl Queue {
                 .delivered
                 .fetch_add(delivered.len() as u64, Ordering::Relaxed);
             if !delivered.is_empty() {
-                job.msg.finish(&q.inner.journal, stats, delivered);
+                q.finish(&job.msg, delivered);
             }
             // Expired recipients join the failed ones.
             let age = now_secs().saturating_sub(job.msg.envelope.received_at);
@@ -245,10 +264,10 @@ impl Queue {
                 }
             }
             if !failed.is_empty() {
-                let ok = q.bounce(&job.msg, DsnKind::Failure, &failed).await;
+                let ok = q.notify(&job.msg, DsnKind::Failure, &failed).await;
                 let ids: Vec<u32> = failed.iter().map(|f| f.0).collect();
                 if ok {
-                    job.msg.finish(&q.inner.journal, stats, ids);
+                    q.finish(&job.msg, ids);
                 } else {
                     // The DSN could not be queued: keep the recipients and
                     // try again later, so no failure goes unreported.
@@ -277,7 +296,7 @@ impl Queue {
                         .collect()
                 };
                 if !fresh.is_empty() {
-                    q.bounce(&job.msg, DsnKind::Delay, &fresh).await;
+                    q.notify(&job.msg, DsnKind::Delay, &fresh).await;
                 }
             }
             job.attempts += 1;
@@ -292,9 +311,30 @@ impl Queue {
                 .expire_after
                 .saturating_sub(Duration::from_secs(age));
             wait = wait.min(left.max(Duration::from_millis(100)));
+            {
+                let next_try = SystemTime::now() + wait;
+                let mut retry = job.msg.retry.lock().unwrap_or_else(|e| e.into_inner());
+                for (i, st, d) in &deferred {
+                    retry.insert(
+                        *i,
+                        RetryState {
+                            attempts: job.attempts,
+                            status: st.clone(),
+                            last_error: d.clone(),
+                            next_try,
+                        },
+                    );
+                }
+            }
             tracing::info!(queue_id = %job.msg.envelope.id, domain = %job.domain, attempt = job.attempts, retry_in = ?wait, status = %deferred[0].1, error = %deferred[0].2, "relay deferred");
-            tokio::time::sleep(wait).await;
-            q.dispatch_relay(job);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = job.msg.wake.notified() => {}
+            }
+            job.rcpts.retain(|i| !job.msg.is_done(*i));
+            if !job.rcpts.is_empty() {
+                q.dispatch_relay(job);
+            }
         });
     }
 
@@ -302,7 +342,7 @@ impl Queue {
     /// only when the DSN could not be made durable (the caller retries);
     /// a DSN that is not wanted (null sender, NOTIFY) or cannot be routed
     /// counts as done.
-    pub(crate) async fn bounce(
+    pub(crate) async fn notify(
         &self,
         msg: &Tracked,
         kind: DsnKind,

@@ -241,6 +241,7 @@ impl Outbound {
             .map(|(i, c)| (i, c.spaces.as_slice()));
         let Some(idx) = route::select(spaces, &job.domain) else {
             if job.attempts == 0 {
+                queue.stats().held.fetch_add(1, Ordering::Relaxed);
                 events::emit(
                     &events::NO_SEND_CONNECTOR,
                     format!(
@@ -567,6 +568,11 @@ async fn serve(out: &Arc<Outbound>, dest: &Arc<Destination>, queue: &Queue) {
         let Some(mut job) = next_job(dest, idle).await else {
             break;
         };
+        // An operator may have deleted or bounced recipients meanwhile.
+        job.rcpts.retain(|i| !job.msg.is_done(*i));
+        if job.rcpts.is_empty() {
+            continue;
+        }
         if job.data.is_none() {
             job.data = queue.read_data(job.msg.location).await;
         }
