@@ -417,7 +417,7 @@ impl Session {
         };
         self.log.info(
             &format!(
-                "CN={};thumbprint={};level={};outcome={}",
+                "host={};thumbprint={};level={};outcome={}",
                 setup.host,
                 thumb.as_deref().unwrap_or("none"),
                 setup.policy.level.as_str(),
