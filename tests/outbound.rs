@@ -599,3 +599,32 @@ async fn local_and_relay_recipients_of_one_message_both_arrive() {
     assert_eq!(wait_maildir(&relay.mailbox(), 1, WAIT).await.len(), 1);
     assert!(wait_until(WAIT, || relay.pending() == 0).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_connection_closed_by_the_peer_is_reopened_at_once() {
+    let sink = Sink::start(SinkOptions {
+        drop_after: 1,
+        ..Default::default()
+    })
+    .await;
+    // With an hour of backoff, only an immediate reconnect delivers #2 in time.
+    let relay = Relay::start(
+        "first_retry = \"1h\"",
+        &smart(sink.addr, "none", "max_connections_per_destination = 1"),
+    )
+    .await;
+    relay
+        .send("sender@example.test", &["a@remote.test"], "one")
+        .await;
+    assert_eq!(sink.wait_for(1, WAIT).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    relay
+        .send("sender@example.test", &["b@remote.test"], "two")
+        .await;
+    assert_eq!(
+        sink.wait_for(2, WAIT).await.len(),
+        2,
+        "second message after a reconnect"
+    );
+    assert_eq!(sink.connections.load(Ordering::SeqCst), 2);
+}

@@ -133,6 +133,9 @@ pub struct SinkOptions {
     pub dsn: bool,
     /// `(user, password)` required by AUTH PLAIN.
     pub auth: Option<(String, String)>,
+    /// Close the connection silently after this many messages (0: never),
+    /// as a peer with a short idle timeout does.
+    pub drop_after: usize,
 }
 
 impl Default for SinkOptions {
@@ -145,6 +148,7 @@ impl Default for SinkOptions {
             smtputf8: false,
             dsn: true,
             auth: None,
+            drop_after: 0,
         }
     }
 }
@@ -231,7 +235,11 @@ async fn sink_session(
         .write_all(b"220 sink.peer.test ESMTP test sink\r\n")
         .await?;
     let mut cur: Option<Got> = None;
+    let mut done_here = 0;
     loop {
+        if opts.drop_after > 0 && done_here >= opts.drop_after {
+            return Ok(());
+        }
         let mut line = String::new();
         if r.read_line(&mut line).await? == 0 {
             return Ok(());
@@ -346,6 +354,7 @@ async fn sink_session(
                     c.data = data;
                     got.lock().unwrap().push(c);
                 }
+                done_here += 1;
                 "250 2.0.0 queued at the sink\r\n".into()
             }
         } else if upper == "RSET" {

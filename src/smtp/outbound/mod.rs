@@ -385,11 +385,18 @@ impl Outbound {
         let mut last: Option<SessionError> = None;
         for (host, addr) in targets {
             let mut plaintext_only = false;
+            // `secure` checks the next hop: the recipient domain for MX
+            // routing, the smart host's name for a smart host.
+            let next_hop = if c.smart_hosts.is_empty() {
+                domain
+            } else {
+                host.as_str()
+            };
             loop {
                 let setup = SessionSetup {
                     helo: &c.helo,
                     host: &host,
-                    domain,
+                    domain: next_hop,
                     policy: &dest.policy,
                     tls: &c.tls,
                     plaintext_only,
@@ -625,7 +632,37 @@ async fn serve(out: &Arc<Outbound>, dest: &Arc<Destination>, queue: &Queue) {
             },
         };
         let rcpts = job.recipients();
-        match s.send(&job.msg.envelope, &rcpts, &data).await {
+        let reused = s.messages > 0;
+        let mut result = s.send(&job.msg.envelope, &rcpts, &data).await;
+        // A reused connection the peer closed while idle fails at the
+        // first command, before anything of this message was accepted:
+        // open a fresh one and try once more instead of deferring.
+        if reused
+            && let Err(
+                SessionError::Io { stage: "MAIL", .. }
+                | SessionError::Timeout { stage: "MAIL", .. },
+            ) = &result
+        {
+            s.abandon("connection closed while idle; reconnecting");
+            match out.open(dest, &job.domain).await {
+                Ok(fresh) => {
+                    s = fresh;
+                    result = s.send(&job.msg.envelope, &rcpts, &data).await;
+                }
+                Err(_) => {
+                    finish_all(
+                        queue,
+                        job,
+                        "4.4.1",
+                        "connection lost and reconnect failed",
+                        false,
+                        None,
+                    );
+                    continue;
+                }
+            }
+        }
+        match result {
             Ok(results) => {
                 let mta = s.host.clone();
                 let outcomes = results
