@@ -165,9 +165,11 @@ async fn notify_never_and_null_sender_get_no_dsn() {
         "both finished"
     );
     assert!(
-        wait_until(WAIT, || events_since(since, 2103).iter().any(|e| e
-            .contains("reject-b@remote.test")
-            && e.contains("null sender")))
+        wait_until(WAIT, || events_since(since, 2103, "reject-b@remote.test")
+            .iter()
+            .any(
+                |e| e.contains("reject-b@remote.test") && e.contains("null sender")
+            ))
         .await,
         "DsnDropped event for the null sender"
     );
@@ -185,7 +187,11 @@ async fn temporary_failures_retry_then_delay_dsn_then_expire() {
     )
     .await;
     relay
-        .send("sender@example.test", &["later@remote.test"], "patience")
+        .send(
+            "sender@example.test",
+            &["later-expire@remote.test"],
+            "patience",
+        )
         .await;
     let dsns = wait_maildir(&relay.mailbox(), 2, WAIT).await;
     assert_eq!(dsns.len(), 2, "a delay DSN, then a failure DSN");
@@ -206,11 +212,11 @@ async fn temporary_failures_retry_then_delay_dsn_then_expire() {
         "retried with backoff, {tries} tries"
     );
     assert!(
-        !events_since(since, 2104).is_empty(),
+        !events_since(since, 2104, "later-expire@remote.test").is_empty(),
         "MessageExpired event"
     );
     assert!(
-        !events_since(since, 2102).is_empty(),
+        !events_since(since, 2102, "later-expire@remote.test").is_empty(),
         "DelayDsnQueued event"
     );
     assert!(wait_until(WAIT, || relay.pending() == 0).await);
@@ -251,7 +257,11 @@ async fn a_retry_after_a_temporary_failure_delivers() {
     relay
         .send("sender@example.test", &["u@remote.test"], "eventually")
         .await;
-    assert!(wait_until(WAIT, || !events_since(since, 2002).is_empty()).await);
+    assert!(
+        wait_until(WAIT, || !events_since(since, 2002, &format!(":{port}"))
+            .is_empty())
+        .await
+    );
     let sink = Sink::start_on(target, SinkOptions::default()).await;
     assert_eq!(
         sink.wait_for(1, WAIT).await.len(),

@@ -13,6 +13,11 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// `:<port>` of a sink, as event messages quote its address.
+fn port(sink: &Sink) -> String {
+    format!(":{}", sink.addr.port())
+}
+
 fn smart(addr: std::net::SocketAddr, tls: &str, more: &str) -> String {
     connector(
         "Smart",
@@ -126,10 +131,10 @@ async fn encrypt_refuses_a_peer_without_starttls_and_keeps_the_message() {
         .send("sender@example.test", &["u@remote.test"], "secret")
         .await;
     assert!(
-        wait_until(WAIT, || !events_since(since, 2003).is_empty()).await,
+        wait_until(WAIT, || !events_since(since, 2003, &port(&sink)).is_empty()).await,
         "OutboundTlsFailed event"
     );
-    let ev = events_since(since, 2003);
+    let ev = events_since(since, 2003, &port(&sink));
     assert!(
         ev.iter().any(|e| e.contains("does not offer STARTTLS")),
         "{ev:?}"
@@ -178,7 +183,7 @@ async fn may_falls_back_to_plaintext_when_starttls_breaks() {
         "a second, plaintext connection"
     );
     assert!(
-        !events_since(since, 2004).is_empty(),
+        !events_since(since, 2004, &port(&sink)).is_empty(),
         "OutboundTlsFallbackPlaintext event"
     );
 }
@@ -197,7 +202,7 @@ async fn encrypt_does_not_fall_back_when_starttls_breaks() {
     relay
         .send("sender@example.test", &["u@remote.test"], "x")
         .await;
-    assert!(wait_until(WAIT, || !events_since(since, 2003).is_empty()).await);
+    assert!(wait_until(WAIT, || !events_since(since, 2003, &port(&sink)).is_empty()).await);
     assert!(sink.messages().is_empty());
     assert_eq!(relay.pending(), 1);
 }
@@ -215,8 +220,8 @@ async fn verify_refuses_a_self_signed_peer() {
     relay
         .send("sender@example.test", &["u@remote.test"], "x")
         .await;
-    assert!(wait_until(WAIT, || !events_since(since, 2003).is_empty()).await);
-    let ev = events_since(since, 2003).join("\n");
+    assert!(wait_until(WAIT, || !events_since(since, 2003, &port(&sink)).is_empty()).await);
+    let ev = events_since(since, 2003, &port(&sink)).join("\n");
     assert!(ev.contains("TLS with 127.0.0.1 failed"), "{ev}");
     assert!(ev.to_lowercase().contains("certificate"), "{ev}");
     assert!(sink.messages().is_empty());
@@ -266,8 +271,8 @@ async fn verify_refuses_a_valid_chain_with_the_wrong_name() {
     relay
         .send("sender@example.test", &["u@remote.test"], "x")
         .await;
-    assert!(wait_until(WAIT, || !events_since(since, 2003).is_empty()).await);
-    let ev = events_since(since, 2003).join("\n");
+    assert!(wait_until(WAIT, || !events_since(since, 2003, &port(&sink)).is_empty()).await);
+    let ev = events_since(since, 2003, &port(&sink)).join("\n");
     assert!(ev.contains("smarthost.peer.test"), "{ev}");
     assert!(ev.contains("not valid for name"), "names the reason: {ev}");
     assert!(sink.messages().is_empty());
@@ -335,7 +340,7 @@ async fn secure_checks_the_next_hop_domain_or_configured_names() {
     relay
         .send("sender@example.test", &["u@remote.test"], "x")
         .await;
-    assert!(wait_until(WAIT, || !events_since(since, 2003).is_empty()).await);
+    assert!(wait_until(WAIT, || !events_since(since, 2003, &port(&sink)).is_empty()).await);
     assert!(sink.messages().is_empty());
     drop(relay);
 
@@ -382,8 +387,8 @@ async fn fingerprint_accepts_the_pinned_certificate_only() {
     relay
         .send("sender@example.test", &["u@remote.test"], "x")
         .await;
-    assert!(wait_until(WAIT, || !events_since(since, 2003).is_empty()).await);
-    let ev = events_since(since, 2003).join("\n");
+    assert!(wait_until(WAIT, || !events_since(since, 2003, &port(&sink)).is_empty()).await);
+    let ev = events_since(since, 2003, &port(&sink)).join("\n");
     assert!(ev.contains("is not pinned"), "{ev}");
     assert!(sink.messages().is_empty());
     drop(relay);
@@ -425,7 +430,7 @@ async fn per_domain_override_raises_the_level_for_one_domain() {
         .send("sender@example.test", &["b@loose.test"], "y")
         .await;
     let got = sink.wait_for(1, WAIT).await;
-    assert!(wait_until(WAIT, || !events_since(since, 2003).is_empty()).await);
+    assert!(wait_until(WAIT, || !events_since(since, 2003, &port(&sink)).is_empty()).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got: Vec<_> = got.iter().flat_map(|g| g.rcpts.clone()).collect();
     assert_eq!(got, vec!["b@loose.test".to_string()]);
@@ -467,7 +472,7 @@ async fn downgrade_is_reported_then_enforced() {
         2,
         "reported, not enforced"
     );
-    let ev = events_since(since, 2005).join("\n");
+    let ev = events_since(since, 2005, "smarthost.peer.test").join("\n");
     assert!(ev.contains("plaintext") && ev.contains("verified"), "{ev}");
 
     // Same data directory, enforcement on: the memory survives and refuses.
@@ -508,7 +513,7 @@ async fn downgrade_is_reported_then_enforced() {
         .send("sender@example.test", &["u@remote.test"], "third")
         .await;
     assert!(
-        wait_until(WAIT, || events_since(since, 2005)
+        wait_until(WAIT, || events_since(since, 2005, "smarthost.peer.test")
             .iter()
             .any(|e| e.contains("refused")))
         .await,
@@ -578,8 +583,12 @@ async fn relay_domain_without_a_send_connector_stays_queued() {
     relay
         .send("sender@example.test", &["u@nowhere.test"], "held")
         .await;
-    assert!(wait_until(WAIT, || !events_since(since, 2001).is_empty()).await);
-    let ev = events_since(since, 2001).join("\n");
+    assert!(
+        wait_until(WAIT, || !events_since(since, 2001, "nowhere.test")
+            .is_empty())
+        .await
+    );
+    let ev = events_since(since, 2001, "nowhere.test").join("\n");
     assert!(ev.contains("nowhere.test"), "{ev}");
     assert_eq!(relay.pending(), 1, "kept, never lost");
 }

@@ -247,9 +247,14 @@ impl Queue {
                 events::emit(
                     &events::MESSAGE_EXPIRED,
                     format!(
-                        "queue {}: {} recipient(s) undelivered after {}s; last error: {}",
+                        "queue {}: {} undelivered after {}s; last error: {}",
                         job.msg.envelope.id,
-                        deferred.len(),
+                        deferred
+                            .iter()
+                            .filter_map(|d| job.msg.envelope.recipients.get(d.0 as usize))
+                            .map(|r| r.address.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         age,
                         deferred.first().map(|d| d.2.as_str()).unwrap_or("")
                     ),

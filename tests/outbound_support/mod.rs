@@ -459,9 +459,20 @@ impl Zone {
 
 impl DnsServer {
     pub async fn start(zone: Zone) -> DnsServer {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // UDP and TCP on the same port: retry while the TCP side is taken.
+        let mut tries = 0;
+        let (udp, tcp, addr) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                }
+                Err(e) => panic!("no port free for UDP and TCP: {e}"),
+            }
+        };
         let zone = Arc::new(zone);
         let z = zone.clone();
         tokio::spawn(async move {
@@ -632,11 +643,13 @@ impl Relay {
     }
 }
 
-/// Events emitted since `since` (by ID).
-pub fn events_since(since: std::time::SystemTime, id: u32) -> Vec<String> {
+/// Events with `id` emitted since `since` whose message contains `needle`
+/// (tests run in parallel in one process and share the event history, so
+/// each test looks for something only it produces, e.g. its sink's port).
+pub fn events_since(since: std::time::SystemTime, id: u32, needle: &str) -> Vec<String> {
     gatehouse::events::recent()
         .into_iter()
-        .filter(|e| e.at >= since && e.id == id)
+        .filter(|e| e.at >= since && e.id == id && e.message.contains(needle))
         .map(|e| e.message)
         .collect()
 }
