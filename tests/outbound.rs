@@ -637,3 +637,28 @@ async fn a_reused_connection_closed_by_the_peer_is_reopened_at_once() {
     );
     assert_eq!(sink.connections.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunking_peer_gets_bdat_without_dot_stuffing() {
+    let sink = Sink::start(SinkOptions {
+        chunking: true,
+        ..Default::default()
+    })
+    .await;
+    let relay = Relay::start("", &smart(sink.addr, "none", "")).await;
+    relay
+        .send(
+            "sender@example.test",
+            &["u@remote.test"],
+            ".leading dot\r\n..two dots",
+        )
+        .await;
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].bdat, "sent with BDAT");
+    let text = String::from_utf8_lossy(&got[0].data).to_string();
+    assert!(
+        text.ends_with("\r\n\r\n.leading dot\r\n..two dots\r\n"),
+        "byte for byte, not dot-stuffed: {text:?}"
+    );
+}

@@ -118,6 +118,8 @@ pub struct Got {
     pub tls: bool,
     /// MAIL arrived together with the following commands (PIPELINING).
     pub pipelined: bool,
+    /// The message came with BDAT (CHUNKING) rather than DATA.
+    pub bdat: bool,
     pub connection: usize,
 }
 
@@ -136,6 +138,8 @@ pub struct SinkOptions {
     /// Close the connection silently after this many messages (0: never),
     /// as a peer with a short idle timeout does.
     pub drop_after: usize,
+    /// Offer CHUNKING (RFC 3030) and accept BDAT.
+    pub chunking: bool,
 }
 
 impl Default for SinkOptions {
@@ -149,6 +153,7 @@ impl Default for SinkOptions {
             dsn: true,
             auth: None,
             drop_after: 0,
+            chunking: false,
         }
     }
 }
@@ -259,6 +264,9 @@ async fn sink_session(
             if opts.dsn {
                 caps.push("250-DSN".into());
             }
+            if opts.chunking {
+                caps.push("250-CHUNKING".into());
+            }
             if opts.auth.is_some() && tls {
                 caps.push("250-AUTH PLAIN".into());
             }
@@ -309,6 +317,7 @@ async fn sink_session(
                 data: Vec::new(),
                 tls,
                 pipelined,
+                bdat: false,
                 connection: conn,
             });
             "250 2.1.0 ok\r\n".into()
@@ -356,6 +365,28 @@ async fn sink_session(
                 }
                 done_here += 1;
                 "250 2.0.0 queued at the sink\r\n".into()
+            }
+        } else if opts.chunking && upper.starts_with("BDAT ") {
+            let mut words = upper.split_whitespace().skip(1);
+            let n: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let last = words.next() == Some("LAST");
+            let mut data = vec![0u8; n.min(50 << 20)];
+            r.read_exact(&mut data).await?;
+            match cur.as_mut() {
+                Some(c) if !c.rcpts.is_empty() => {
+                    c.data.extend_from_slice(&data);
+                    c.bdat = true;
+                    if last {
+                        if let Some(c) = cur.take() {
+                            got.lock().unwrap().push(c);
+                        }
+                        done_here += 1;
+                        "250 2.0.0 queued at the sink (BDAT)\r\n".into()
+                    } else {
+                        format!("250 2.0.0 {n} octets\r\n")
+                    }
+                }
+                _ => "554 5.5.1 no valid recipients\r\n".into(),
             }
         } else if upper == "RSET" {
             cur = None;

@@ -641,6 +641,9 @@ impl Session {
             })
             .collect();
 
+        if self.ext.chunking {
+            return self.send_bdat(&mail, &rcpt_lines, rcpts, message).await;
+        }
         let (mail_reply, rcpt_replies, data_reply) = if self.ext.pipelining {
             // RFC 2920: MAIL, every RCPT and DATA in one write, then the
             // replies in order.
@@ -745,6 +748,83 @@ impl Session {
                     }
                 } else {
                     (*i, classify(r))
+                }
+            })
+            .collect())
+    }
+
+    /// RFC 3030 CHUNKING: the message goes as one `BDAT <n> LAST` chunk,
+    /// byte for byte (no dot-stuffing), after MAIL and RCPT (pipelined
+    /// when offered).
+    async fn send_bdat(
+        &mut self,
+        mail: &str,
+        rcpt_lines: &[String],
+        rcpts: &[(u32, &Recipient)],
+        message: &[u8],
+    ) -> Result<Vec<(u32, RcptResult)>, SessionError> {
+        let (mail_reply, rcpt_replies) = if self.ext.pipelining {
+            let mut batch = String::new();
+            self.log.sent(mail);
+            batch.push_str(mail);
+            batch.push_str("\r\n");
+            for l in rcpt_lines {
+                self.log.sent(l);
+                batch.push_str(l);
+                batch.push_str("\r\n");
+            }
+            self.write(batch.as_bytes(), "MAIL").await?;
+            let m = self.reply("MAIL").await?;
+            let mut rr = Vec::with_capacity(rcpt_lines.len());
+            for _ in rcpt_lines {
+                rr.push(self.reply("RCPT").await?);
+            }
+            (m, rr)
+        } else {
+            let m = self.command(mail, "MAIL").await?;
+            let mut rr = Vec::new();
+            if m.code == 250 {
+                for l in rcpt_lines {
+                    rr.push(self.command(l, "RCPT").await?);
+                }
+            }
+            (m, rr)
+        };
+        if mail_reply.code != 250 {
+            self.rset().await?;
+            return Ok(rcpts
+                .iter()
+                .map(|(i, _)| (*i, classify(&mail_reply)))
+                .collect());
+        }
+        if !rcpt_replies.iter().any(|r| r.code / 100 == 2) {
+            self.rset().await?;
+            return Ok(rcpts
+                .iter()
+                .zip(&rcpt_replies)
+                .map(|((i, _), r)| (*i, classify(r)))
+                .collect());
+        }
+        let command = format!("BDAT {} LAST", message.len());
+        self.log.sent(&command);
+        let mut chunk = Vec::with_capacity(command.len() + 2 + message.len());
+        chunk.extend_from_slice(command.as_bytes());
+        chunk.extend_from_slice(b"\r\n");
+        chunk.extend_from_slice(message);
+        self.write(&chunk, "message data").await?;
+        self.log
+            .info(&message.len().to_string(), "Message data sent (BDAT)");
+        let final_reply = self.reply("end of data").await?;
+        Ok(rcpts
+            .iter()
+            .zip(&rcpt_replies)
+            .map(|((i, _), r)| {
+                if r.code / 100 != 2 {
+                    (*i, classify(r))
+                } else if final_reply.code / 100 == 2 {
+                    (*i, RcptResult::Delivered(final_reply.clone()))
+                } else {
+                    (*i, classify(&final_reply))
                 }
             })
             .collect())
