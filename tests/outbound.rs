@@ -662,3 +662,76 @@ async fn chunking_peer_gets_bdat_without_dot_stuffing() {
         "byte for byte, not dot-stuffed: {text:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_from_the_store_and_source_address_are_used() {
+    let server_cert = self_signed("sink.peer.test");
+    let sink = Sink::start(SinkOptions {
+        tls: Some(server_cert.server_config_requiring_client_cert()),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = gatehouse::certs::CertStore::open(&dir.path().join("var")).unwrap();
+    let info = store
+        .new_self_signed(
+            &["gw.example.test".to_string()],
+            gatehouse::certs::KeyKind::EcdsaP256,
+            gatehouse::certs::Services::NONE,
+        )
+        .unwrap();
+    let thumb = info.thumbprint().to_string();
+    let relay = Relay::start_in(
+        dir,
+        "",
+        &smart(
+            sink.addr,
+            "encrypt",
+            &format!("client_certificate = \"{thumb}\"\nsource_address = \"127.0.0.2\""),
+        ),
+    )
+    .await;
+    relay
+        .send("sender@example.test", &["u@remote.test"], "mutual")
+        .await;
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls);
+    assert_eq!(*sink.client_certs.lock().unwrap(), vec![thumb]);
+    assert!(
+        sink.peers
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|p| p.ip().to_string() == "127.0.0.2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_client_certificate_is_a_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = relay_config(
+        &dir.path().join("var"),
+        "",
+        &smart(
+            "127.0.0.1:25".parse().unwrap(),
+            "may",
+            "client_certificate = \"0000000000000000000000000000000000000000\"",
+        ),
+    );
+    let cfg = gatehouse::config::Config::from_source(&gatehouse::config::ConfigSource {
+        name: "t.toml".into(),
+        text,
+    })
+    .unwrap();
+    let err = match gatehouse::server::start(cfg).await {
+        Ok(_) => panic!("started with a missing client certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains(
+            "client certificate 0000000000000000000000000000000000000000 is not in the store"
+        ),
+        "{err}"
+    );
+}

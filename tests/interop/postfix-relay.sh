@@ -228,6 +228,8 @@ elif ! grep -q "..leading dot" "$F" && ! grep -q "^.leading dot" "$F"; then
     fail "$T" "body changed in transit ($F)"
 elif ! log_has "level=verify;outcome=verified"; then
     fail "$T" "SmtpSend log has no verified TLS session"
+elif ! log_has ">,BDAT "; then
+    fail "$T" "Postfix offers CHUNKING but gatehouse did not use BDAT"
 else
     pass "$T"
 fi

@@ -36,6 +36,22 @@ impl TestCert {
             .collect()
     }
 
+    /// A server config that requires a client certificate (any; the
+    /// sink records its thumbprint).
+    pub fn server_config_requiring_client_cert(&self) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+            .with_single_cert(
+                vec![self.der.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
+            )
+            .unwrap();
+        Arc::new(cfg)
+    }
+
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -48,6 +64,52 @@ impl TestCert {
             )
             .unwrap();
         Arc::new(cfg)
+    }
+}
+
+#[derive(Debug)]
+struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -166,6 +228,10 @@ pub struct Sink {
     /// Every RCPT line seen, accepted or not (retry tests count them).
     pub rcpt_attempts: Arc<Mutex<Vec<String>>>,
     pub auth_seen: Arc<Mutex<Vec<String>>>,
+    /// SHA-1 thumbprints (upper-case hex) of client certificates presented.
+    pub client_certs: Arc<Mutex<Vec<String>>>,
+    /// The address each connection came from.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -185,23 +251,33 @@ impl Sink {
             connections: Arc::default(),
             rcpt_attempts: Arc::default(),
             auth_seen: Arc::default(),
+            client_certs: Arc::default(),
+            peers: Arc::default(),
         };
-        let (opts, got, conns, attempts, auth) = (
+        let (opts, got, conns, attempts, auth, certs, peers) = (
             sink.opts.clone(),
             sink.got.clone(),
             sink.connections.clone(),
             sink.rcpt_attempts.clone(),
             sink.auth_seen.clone(),
+            sink.client_certs.clone(),
+            sink.peers.clone(),
         );
         tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
+            while let Ok((s, peer)) = listener.accept().await {
                 let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
-                let (opts, got, attempts, auth) =
-                    (opts.clone(), got.clone(), attempts.clone(), auth.clone());
+                peers.lock().unwrap().push(peer);
+                let (opts, got, attempts, auth, certs) = (
+                    opts.clone(),
+                    got.clone(),
+                    attempts.clone(),
+                    auth.clone(),
+                    certs.clone(),
+                );
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(60),
-                        sink_session(Box::new(s), n, opts, got, attempts, auth),
+                        sink_session(Box::new(s), n, opts, got, attempts, auth, certs),
                     )
                     .await;
                 });
@@ -233,6 +309,7 @@ async fn sink_session(
     got: Arc<Mutex<Vec<Got>>>,
     attempts: Arc<Mutex<Vec<String>>>,
     auth_seen: Arc<Mutex<Vec<String>>>,
+    client_certs: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(stream);
     let mut tls = false;
@@ -294,6 +371,15 @@ async fn sink_session(
             let Ok(s) = acceptor.accept(inner).await else {
                 return Ok(());
             };
+            if let Some(c) = s.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                use sha1::Digest;
+                client_certs.lock().unwrap().push(
+                    sha1::Sha1::digest(c.as_ref())
+                        .iter()
+                        .map(|b| format!("{b:02X}"))
+                        .collect(),
+                );
+            }
             r = BufReader::new(Box::new(s) as Box<dyn Io>);
             tls = true;
             continue;
@@ -595,7 +681,11 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(queue_extra: &str, extra: &str) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), queue_extra, extra).await
+    }
+
+    /// Starts in `dir` (data under `dir/var`, which may be prepared).
+    pub async fn start_in(dir: tempfile::TempDir, queue_extra: &str, extra: &str) -> Relay {
         let text = relay_config(&dir.path().join("var"), queue_extra, extra);
         let cfg = gatehouse::config::Config::from_source(&gatehouse::config::ConfigSource {
             name: "test.toml".into(),
