@@ -369,3 +369,57 @@ async fn queue_operations_list_show_retry_delete_bounce_flush() {
     assert_eq!(q.retry_destination("remote.test"), 1);
     assert_eq!(relay.pending(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_attempts_next_try_and_the_delay_dsn_sent() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let queue_extra = "first_retry = \"1h\"\ndelay_dsn_after = \"0s\"";
+    let extra = smart(sink.addr, "");
+    let relay = Relay::start(queue_extra, &extra).await;
+    relay
+        .send("sender@example.test", &["later-restart@remote.test"], "x")
+        .await;
+    let q = &relay.server.queue;
+    assert!(
+        wait_until(WAIT, || q
+            .list(None)
+            .first()
+            .is_some_and(|m| m.recipients[0].attempts == 1))
+        .await
+    );
+    assert_eq!(
+        wait_maildir(&relay.mailbox(), 1, WAIT).await.len(),
+        1,
+        "delay DSN"
+    );
+    let before = q.list(None)[0].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the state line reaches the file
+    let Relay { dir, server, .. } = relay;
+    server.shutdown().await;
+
+    let relay = Relay::start_in(dir, queue_extra, &extra).await;
+    let q = &relay.server.queue;
+    let after = q.show(&before.id).expect("recovered");
+    assert_eq!(after.recipients[0].state, "deferred");
+    assert_eq!(
+        after.recipients[0].attempts, 1,
+        "attempts survive the restart"
+    );
+    assert_eq!(after.recipients[0].next_try, before.recipients[0].next_try);
+    let tries = sink.rcpt_attempts.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        sink.rcpt_attempts.lock().unwrap().len(),
+        tries,
+        "no retry storm after the restart: the next try is an hour away"
+    );
+    // An operator retry still works, and no second delay DSN is sent.
+    q.retry(&before.id).unwrap();
+    assert!(
+        wait_until(WAIT, || q.show(&before.id).unwrap().recipients[0].attempts
+            == 2)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(maildir(&relay.mailbox()).len(), 1, "one delay DSN in all");
+}

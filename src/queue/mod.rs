@@ -26,6 +26,7 @@ pub mod journal;
 pub mod message;
 pub mod ops;
 pub mod relay;
+pub mod relay_state;
 
 use crate::delivery::maildir::Maildir;
 pub use journal::{FaultInjection, Journal, Location, StorageError};
@@ -85,6 +86,8 @@ struct Inner {
     settings: QueueSettings,
     outbound: Option<Arc<crate::smtp::outbound::Outbound>>,
     dsn_router: Option<DsnRouter>,
+    /// Relay recipients' retry state, kept across restarts.
+    state_log: relay_state::StateLog,
     /// Messages with unfinished recipients, by ID (for `ops`).
     index: std::sync::Mutex<std::collections::HashMap<message::QueueId, Arc<Tracked>>>,
 }
@@ -131,6 +134,15 @@ impl Queue {
             quarantined = report.quarantined,
             "queue recovered"
         );
+        let live: HashSet<(message::QueueId, u32)> = recovered
+            .iter()
+            .flat_map(|r| {
+                (0..r.envelope.recipients.len() as u32)
+                    .filter(|i| !r.done.contains(i))
+                    .map(|i| (r.envelope.id, i))
+            })
+            .collect();
+        let (state_log, mut restored) = relay_state::StateLog::open(&settings.queue_dir, &live);
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Queue {
             inner: Arc::new(Inner {
@@ -141,12 +153,21 @@ impl Queue {
                 outbound: relay.as_ref().map(|r| r.outbound.clone()),
                 dsn_router: relay.map(|r| r.dsn_router),
                 index: Default::default(),
+                state_log,
             }),
         };
         for r in recovered {
             queue.inner.stats.pending.fetch_add(1, Ordering::Relaxed);
+            let id = r.envelope.id;
+            let n = r.envelope.recipients.len() as u32;
+            let msg = Arc::new(Tracked::new(r.location, Arc::new(r.envelope), r.done));
+            for i in 0..n {
+                if let Some(st) = restored.remove(&(id, i)) {
+                    msg.restore(i, st);
+                }
+            }
             queue.enqueue(Job {
-                msg: Arc::new(Tracked::new(r.location, Arc::new(r.envelope), r.done)),
+                msg,
                 data: None,
                 attempts: 0,
                 relay_dispatched: false,
@@ -269,13 +290,29 @@ impl Queue {
         if !job.relay_dispatched {
             job.relay_dispatched = true;
             for (domain, rcpts) in by_domain {
-                self.dispatch_relay(RelayJob {
+                // After a restart, recipients keep their attempt count and
+                // wait for their next try (relay_state.rs).
+                let (attempts, next_try) = msg.restored_schedule(&rcpts);
+                let relay_job = RelayJob {
                     msg: msg.clone(),
                     rcpts,
                     domain: domain.to_string(),
                     data: job.data.clone(),
-                    attempts: 0,
-                });
+                    attempts,
+                };
+                match next_try.and_then(|t| t.duration_since(std::time::SystemTime::now()).ok()) {
+                    Some(wait) => {
+                        let q = self.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = relay_job.msg.wake.notified() => {}
+                            }
+                            q.dispatch_relay(relay_job);
+                        });
+                    }
+                    None => self.dispatch_relay(relay_job),
+                }
             }
         }
         if by_mailbox.is_empty() {

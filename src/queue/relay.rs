@@ -17,10 +17,10 @@
 //! it was delivered, or after its DSN was itself durably queued (so a
 //! crash between the two sends the DSN twice, never zero times). The
 //! message record is removed only when every recipient is finished.
-//! Attempt counts and "delay DSN sent" live in memory: after a restart
-//! the backoff starts again from the first step (expiry still counts from
-//! the message's arrival, which is in the journal), and a delay DSN may be
-//! sent a second time.
+//! Attempt counts, next tries and "delay DSN sent" are kept in memory and
+//! appended to `relay_state.rs`'s file, so a restart resumes the backoff
+//! instead of retrying everything at once (expiry always counts from the
+//! arrival time in the journal).
 
 use super::dsn::{self, DsnKind, DsnRecipient};
 use super::message::{Envelope, Recipient, Route};
@@ -104,6 +104,39 @@ impl Tracked {
             retry: Mutex::new(std::collections::HashMap::new()),
             wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Seeds a recipient's retry state from `relay_state` at start-up.
+    pub fn restore(&self, rcpt: u32, st: super::relay_state::RcptState) {
+        if st.delay_notified {
+            self.delay_notified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(rcpt);
+        }
+        self.retry.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            rcpt,
+            RetryState {
+                attempts: st.attempts,
+                status: st.status,
+                last_error: st.error,
+                next_try: UNIX_EPOCH + Duration::from_secs(st.next_try),
+            },
+        );
+    }
+
+    /// The highest attempt count and the earliest next try among `rcpts`
+    /// (restored after a restart; `(0, None)` for fresh recipients).
+    pub fn restored_schedule(&self, rcpts: &[u32]) -> (u32, Option<SystemTime>) {
+        let retry = self.retry.lock().unwrap_or_else(|e| e.into_inner());
+        let states: Vec<&RetryState> = rcpts.iter().filter_map(|i| retry.get(i)).collect();
+        if states.len() < rcpts.len() {
+            return (states.iter().map(|s| s.attempts).max().unwrap_or(0), None);
+        }
+        (
+            states.iter().map(|s| s.attempts).max().unwrap_or(0),
+            states.iter().map(|s| s.next_try).min(),
+        )
     }
 
     pub fn is_done(&self, rcpt: u32) -> bool {
@@ -319,6 +352,12 @@ impl Queue {
             {
                 let next_try = SystemTime::now() + wait;
                 let mut retry = job.msg.retry.lock().unwrap_or_else(|e| e.into_inner());
+                let told = job
+                    .msg
+                    .delay_notified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 for (i, st, d) in &deferred {
                     retry.insert(
                         *i,
@@ -329,6 +368,18 @@ impl Queue {
                             next_try,
                         },
                     );
+                    q.inner.state_log.record(&super::relay_state::RcptState {
+                        id: job.msg.envelope.id.0,
+                        rcpt: *i,
+                        attempts: job.attempts,
+                        next_try: next_try
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs(),
+                        delay_notified: told.contains(i),
+                        status: st.clone(),
+                        error: d.clone(),
+                    });
                 }
             }
             tracing::info!(queue_id = %job.msg.envelope.id, domain = %job.domain, attempt = job.attempts, retry_in = ?wait, status = %deferred[0].1, error = %deferred[0].2, "relay deferred");
