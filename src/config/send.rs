@@ -289,3 +289,65 @@ pub(super) fn validate(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigSource, DEFAULT_CONFIG, TlsLevel};
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!("{DEFAULT_CONFIG}\n{extra}");
+        Config::from_source(&ConfigSource {
+            name: "t.toml".into(),
+            text,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn embedded_default_has_no_send_connector_and_defaults_are_postfix_like() {
+        let cfg = parse("").unwrap();
+        assert!(cfg.send_connector.is_empty());
+        assert_eq!(cfg.queue.first_retry.0.as_secs(), 300);
+        assert_eq!(cfg.queue.max_retry_interval.0.as_secs(), 3600);
+        assert_eq!(cfg.queue.expire_after.0.as_secs(), 2 * 86_400);
+        assert_eq!(cfg.queue.delay_dsn_after.0.as_secs(), 4 * 3600);
+    }
+
+    #[test]
+    fn a_full_connector_parses() {
+        let cfg = parse(
+            "[[send_connector]]\nname = \"Out\"\naddress_spaces = [\"*\", \"*.example.net\"]\nsmart_hosts = [\"relay.example.net:587\", \"[192.0.2.1]\"]\ntls = \"fingerprint\"\nfingerprints = [\"AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89\"]\n[[send_connector.tls_domain]]\ndomain = \"bank.example\"\ntls = \"secure\"\n",
+        )
+        .unwrap();
+        let c = &cfg.send_connector[0];
+        assert_eq!(c.tls, TlsLevel::Fingerprint);
+        assert_eq!(c.tls_domain[0].tls, TlsLevel::Secure);
+        assert_eq!(c.max_connections_per_destination, 20);
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_position() {
+        let extra = "[[send_connector]]\nname = \"Out\"\naddress_spaces = [\"exa mple\"]\nsmart_hosts = [\"host:99999\"]\n";
+        let e = parse(extra).unwrap_err();
+        let base = DEFAULT_CONFIG.lines().count() + 1;
+        assert!(e.contains(&format!("t.toml:{}:", base + 3)), "{e}");
+        assert!(e.contains("address space `exa mple`"), "{e}");
+        assert!(e.contains(&format!("t.toml:{}:", base + 4)), "{e}");
+        assert!(e.contains("smart host `host:99999`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_space_unknown_level_and_missing_pins_are_errors() {
+        let e = parse("[[send_connector]]\nname = \"A\"\naddress_spaces = [\"*\"]\n[[send_connector]]\nname = \"B\"\naddress_spaces = [\"*\"]\ntls = \"fingerprint\"\n").unwrap_err();
+        assert!(
+            e.contains("address space `*` is served by `A` and `B`"),
+            "{e}"
+        );
+        assert!(e.contains("without fingerprints"), "{e}");
+        let e = parse(
+            "[[send_connector]]\nname = \"A\"\naddress_spaces = [\"*\"]\ntls = \"opportunistic\"\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown variant `opportunistic`"), "{e}");
+    }
+}
