@@ -168,3 +168,63 @@ async fn unreachable_dns_defers_and_keeps_the_message() {
         "no DSN for a temporary failure"
     );
 }
+
+/// `secure` over MX: a CA-signed certificate for an MX host inside the
+/// recipient domain passes; one for a host outside it does not, even
+/// though it matches the MX host name DNS gave.
+#[tokio::test(flavor = "multi_thread")]
+async fn secure_over_mx_accepts_hosts_inside_the_domain_only() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write(dir.path());
+    let inside = Sink::start(SinkOptions {
+        tls: Some(ca.issue("mx.inside.test").server_config()),
+        ..Default::default()
+    })
+    .await;
+    let outside = Sink::start_on(
+        format!("127.0.0.5:{}", inside.addr.port()).parse().unwrap(),
+        SinkOptions {
+            tls: Some(ca.issue("mx.hoster.test").server_config()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dns = DnsServer::start(
+        Zone::default()
+            .mx("inside.test", 10, "mx.inside.test")
+            .a("mx.inside.test", "127.0.0.1")
+            .mx("outside.test", 10, "mx.hoster.test")
+            .a("mx.hoster.test", "127.0.0.5"),
+    )
+    .await;
+    let extra = format!(
+        "[dns]\nnameservers = [\"{}\"]\n{}",
+        dns.addr,
+        connector(
+            "Internet",
+            "\"*\"",
+            &format!(
+                "port = {}\ntls = \"secure\"\nca_file = \"{}\"",
+                inside.addr.port(),
+                ca_file.display()
+            )
+        )
+    );
+    let since = SystemTime::now();
+    let relay = Relay::start("first_retry = \"1h\"", &extra).await;
+    relay
+        .send("sender@example.test", &["a@inside.test"], "in")
+        .await;
+    relay
+        .send("sender@example.test", &["b@outside.test"], "out")
+        .await;
+    assert_eq!(inside.wait_for(1, WAIT).await.len(), 1);
+    assert!(
+        wait_until(WAIT, || !events_since(since, 2003, "mx.hoster.test")
+            .is_empty())
+        .await,
+        "TLS failure for the host outside the domain"
+    );
+    assert!(outside.messages().is_empty());
+}

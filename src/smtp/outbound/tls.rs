@@ -132,7 +132,7 @@ impl TlsContext {
             TlsLevel::Secure => Arc::new(NamesVerifier {
                 inner: self.webpki.clone(),
                 names: if policy.names.is_empty() {
-                    vec![domain.to_string()]
+                    secure_names(host, domain)
                 } else {
                     policy.names.clone()
                 },
@@ -175,6 +175,20 @@ impl TlsContext {
             Err(_) => Protection::Encrypted,
         }
     }
+}
+
+/// Default names for `secure` (Postfix's `nexthop, dot-nexthop`): the
+/// next-hop domain itself, or a host inside it. The MX host name comes
+/// from DNS and is not trusted by itself, so a host outside the domain
+/// never counts.
+fn secure_names(host: &str, domain: &str) -> Vec<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let mut names = vec![domain.clone()];
+    if host.len() > domain.len() + 1 && host.ends_with(&format!(".{domain}")) {
+        names.push(host);
+    }
+    names
 }
 
 /// SHA-1 upper-case hex (Windows thumbprint) of a certificate.
@@ -379,5 +393,26 @@ impl ServerCertVerifier for PinnedVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_accepts_hosts_inside_the_next_hop_domain_only() {
+        assert_eq!(
+            secure_names("MX1.Example.test.", "example.test"),
+            vec!["example.test".to_string(), "mx1.example.test".to_string()]
+        );
+        assert_eq!(
+            secure_names("mx.other.test", "example.test"),
+            vec!["example.test".to_string()]
+        );
+        assert_eq!(
+            secure_names("badexample.test", "example.test"),
+            vec!["example.test".to_string()]
+        );
     }
 }
