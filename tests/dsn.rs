@@ -201,10 +201,12 @@ async fn temporary_failures_retry_then_delay_dsn_then_expire() {
     assert_eq!(s0, "Delayed Mail (still being retried)");
     assert!(delay.contains("Action: delayed"), "{delay}");
     assert!(delay.contains("Status: 4.2.0"), "{delay}");
+    assert!(delay.contains("Will-Retry-Until: "), "{delay}");
     let (s1, fail, _) = &parsed[1];
     assert_eq!(s1, "Undelivered Mail Returned to Sender");
     assert!(fail.contains("Action: failed"), "{fail}");
     assert!(fail.contains("delivery time expired"), "{fail}");
+    assert!(!fail.contains("Will-Retry-Until"), "{fail}");
     assert!(fail.contains("451 4.2.0 mailbox busy"), "{fail}");
     let tries = sink.rcpt_attempts.lock().unwrap().len();
     assert!(

@@ -91,6 +91,7 @@ pub fn compose(
     kind: DsnKind,
     rcpts: &[DsnRecipient],
     original: &[u8],
+    retry_until: Option<SystemTime>,
 ) -> Vec<u8> {
     let now = SystemTime::now();
     let arrival = UNIX_EPOCH + Duration::from_secs(env.received_at);
@@ -145,6 +146,13 @@ pub fn compose(
             "Last-Attempt-Date: {}\r\n",
             crate::timefmt::rfc5322(now)
         ));
+        // RFC 3464 §2.3.9: how long a delayed recipient is still tried.
+        if let (DsnKind::Delay, Some(until)) = (kind, retry_until) {
+            status.push_str(&format!(
+                "Will-Retry-Until: {}\r\n",
+                crate::timefmt::rfc5322(until)
+            ));
+        }
     }
 
     let original_part = if env.ret == Some(Ret::Full) {
@@ -235,6 +243,7 @@ mod tests {
             DsnKind::Failure,
             &[rcpt()],
             original,
+            None,
         );
         let msg = mail_parser::MessageParser::default()
             .parse(&bytes)
@@ -265,6 +274,7 @@ mod tests {
             DsnKind::Delay,
             &[rcpt()],
             original,
+            None,
         );
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("Content-Type: message/rfc822"), "{text}");

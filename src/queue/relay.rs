@@ -469,7 +469,10 @@ impl Queue {
             None => return false,
         };
         let hostname = self.inner.settings.hostname.clone();
-        let bytes = dsn::compose(&hostname, env, kind, &wanted, &original);
+        let until = UNIX_EPOCH
+            + Duration::from_secs(env.received_at)
+            + self.inner.settings.relay.expire_after;
+        let bytes = dsn::compose(&hostname, env, kind, &wanted, &original, Some(until));
         let dsn_env = Envelope {
             id: super::message::QueueId::generate(),
             received_at: now_secs(),
