@@ -425,3 +425,38 @@ async fn a_restart_keeps_attempts_next_try_and_the_delay_dsn_sent() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(maildir(&relay.mailbox()).len(), 1, "one delay DSN in all");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eight_bit_message_to_a_peer_without_8bitmime_bounces_5_6_3() {
+    let sink = Sink::start(SinkOptions {
+        eightbit: false,
+        ..Default::default()
+    })
+    .await;
+    let relay = Relay::start("", &smart(sink.addr, "")).await;
+    relay
+        .send_with(
+            "MAIL FROM:<sender@example.test> BODY=8BITMIME",
+            &["a@remote.test"],
+            &[],
+            "Grüße",
+        )
+        .await;
+    relay
+        .send_with(
+            "MAIL FROM:<sender@example.test> BODY=8BITMIME",
+            &["b@remote.test"],
+            &[],
+            "plain ascii after all",
+        )
+        .await;
+    let dsns = wait_maildir(&relay.mailbox(), 1, WAIT).await;
+    assert_eq!(dsns.len(), 1);
+    let (_, status, _) = parse_dsn(&dsns[0]);
+    assert!(status.contains("Status: 5.6.3"), "{status}");
+    assert!(status.contains("a@remote.test"), "{status}");
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "the 7-bit clean one is sent");
+    assert_eq!(got[0].rcpts, vec!["b@remote.test".to_string()]);
+    assert!(!got[0].mail_line.contains("BODY="), "{}", got[0].mail_line);
+}

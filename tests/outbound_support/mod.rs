@@ -202,6 +202,8 @@ pub struct SinkOptions {
     pub drop_after: usize,
     /// Offer CHUNKING (RFC 3030) and accept BDAT.
     pub chunking: bool,
+    /// Offer 8BITMIME.
+    pub eightbit: bool,
 }
 
 impl Default for SinkOptions {
@@ -216,6 +218,7 @@ impl Default for SinkOptions {
             auth: None,
             drop_after: 0,
             chunking: false,
+            eightbit: true,
         }
     }
 }
@@ -334,7 +337,9 @@ async fn sink_session(
                 caps.push("250-PIPELINING".into());
             }
             caps.push("250-SIZE 10000000".into());
-            caps.push("250-8BITMIME".into());
+            if opts.eightbit {
+                caps.push("250-8BITMIME".into());
+            }
             if opts.smtputf8 {
                 caps.push("250-SMTPUTF8".into());
             }

@@ -579,6 +579,29 @@ impl Session {
                 })
                 .collect());
         }
+        // RFC 6152 §3: 8-bit content may not go to a peer without
+        // 8BITMIME; we do not convert it, so such a message bounces with
+        // 5.6.3 (a message declared 8BITMIME but 7-bit clean goes as is).
+        if env.body == Some(crate::smtp::inbound::command::BodyType::EightBitMime)
+            && !self.ext.eightbitmime
+            && message.iter().any(|b| *b >= 0x80)
+        {
+            return Ok(rcpts
+                .iter()
+                .map(|(i, _)| {
+                    (
+                        *i,
+                        RcptResult::Failed(
+                            "5.6.3".into(),
+                            format!(
+                                "{} does not support 8BITMIME and the message has 8-bit content",
+                                self.host
+                            ),
+                        ),
+                    )
+                })
+                .collect());
+        }
         if let Some(max) = self.ext.size
             && message.len() as u64 > max
         {
