@@ -116,6 +116,7 @@ impl Queue {
     pub(crate) fn finish(&self, msg: &Tracked, rcpts: Vec<u32>) -> bool {
         let finished = msg.finish(&self.inner.journal, &self.inner.stats, rcpts);
         if finished {
+            self.inner.state_log.forget(msg.envelope.id);
             self.inner
                 .index
                 .lock()
