@@ -134,7 +134,18 @@ impl Dns {
                 addrs,
             }]);
         }
-        exchanges.sort_by_key(|(p, _)| *p);
+        // RFC 5321 §5.1: hosts of equal preference are tried in random
+        // order, so load spreads across them.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos() as u64;
+        exchanges.sort_by_key(|(p, h)| {
+            let mix = h.bytes().fold(seed ^ 0x9E37_79B9_7F4A_7C15, |a, b| {
+                (a ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+            });
+            (*p, mix)
+        });
         exchanges.truncate(MAX_MX_HOSTS);
         let mut targets = Vec::new();
         let mut last_err = None;
