@@ -73,6 +73,8 @@ pub enum StartError {
     Certificates(crate::certs::CertError),
     #[error("TLS set-up failed: {0}")]
     Tls(String),
+    #[error("{0}\n  = hint: check the [[send_connector]] settings named above")]
+    Outbound(#[from] crate::smtp::outbound::OutboundError),
     #[error(
         "cannot open the queue: {0}\n  = hint: check free space and permissions under `server.data_dir`"
     )]
@@ -193,14 +195,25 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
     }
     let hostname = cfg.server.hostname.get_ref().to_string();
 
-    let queue = Queue::start(QueueSettings {
-        queue_dir: cfg.queue_dir(),
-        mail_dir: cfg.mail_dir(),
-        hostname: hostname.clone(),
-        segment_size: cfg.queue.segment_size.0,
-        delivery_workers: cfg.queue.delivery_workers,
-        retry_after: cfg.queue.retry_after.0,
-    })?;
+    let policy = Arc::new(AcceptancePolicy::from_config(&cfg));
+    let relay = start_outbound(&cfg, &policy)?;
+    let queue = Queue::start_with(
+        QueueSettings {
+            queue_dir: cfg.queue_dir(),
+            mail_dir: cfg.mail_dir(),
+            hostname: hostname.clone(),
+            segment_size: cfg.queue.segment_size.0,
+            delivery_workers: cfg.queue.delivery_workers,
+            retry_after: cfg.queue.retry_after.0,
+            relay: crate::queue::RelaySettings {
+                first_retry: cfg.queue.first_retry.0,
+                max_retry_interval: cfg.queue.max_retry_interval.0,
+                expire_after: cfg.queue.expire_after.0,
+                delay_dsn_after: cfg.queue.delay_dsn.then_some(cfg.queue.delay_dsn_after.0),
+            },
+        },
+        Some(relay),
+    )?;
 
     let log_dir = cfg.protocol_log_dir();
     let protolog = if cfg.receive_connector.iter().any(|c| c.protocol_log) {
@@ -252,7 +265,6 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
     } else {
         Some(start_certificates(&data_dir, &hostname, &tls_connectors)?)
     };
-    let policy = Arc::new(AcceptancePolicy::from_config(&cfg));
     let short_host = hostname
         .split('.')
         .next()
@@ -496,6 +508,16 @@ impl Live {
         }
         if format!("{:?}", new.auth) != format!("{:?}", old.auth) {
             restart.push("[auth]".into());
+        }
+        // Send connectors carry config positions (`Spanned`): compare
+        // their Debug text with the spans taken out.
+        if without_spans(&format!("{:?}", new.send_connector))
+            != without_spans(&format!("{:?}", old.send_connector))
+        {
+            restart.push("[[send_connector]]".into());
+        }
+        if format!("{:?}", new.dns) != format!("{:?}", old.dns) {
+            restart.push("[dns]".into());
         }
         let admin_of = |c: &Config| {
             c.admin
@@ -795,6 +817,79 @@ impl RunningServer {
             "queue synced; group commit summary"
         );
     }
+}
+
+/// Send connectors, the SMTP send protocol log, and how DSNs find their
+/// way back to a sender (the acceptance policy decides, as if the sender
+/// were a recipient of an authenticated client).
+/// Debug text of a configuration value without the `span: a..b` parts
+/// of its `Spanned` fields, so an edit elsewhere in the file (which moves
+/// positions) is not taken for a change.
+fn without_spans(debug: &str) -> String {
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some(i) = rest.find("span: ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "span: ".len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn start_outbound(
+    cfg: &Config,
+    policy: &Arc<AcceptancePolicy>,
+) -> Result<crate::queue::RelayContext, StartError> {
+    let log_dir = cfg.protocol_log_dir();
+    let protolog = if cfg.send_connector.iter().any(|c| c.protocol_log) {
+        ProtocolLog::open(
+            LogKind::Send,
+            ProtocolLogConfig {
+                dir: log_dir.join("SmtpSend"),
+                max_file_size: cfg.protocol_log.max_file_size.0,
+                max_age: cfg.protocol_log.max_age.0,
+                max_dir_size: cfg.protocol_log.max_dir_size.0,
+            },
+            crate::VERSION,
+        )
+        .map_err(|source| StartError::ProtocolLog {
+            path: log_dir.clone(),
+            source,
+        })?
+    } else {
+        ProtocolLog::disabled()
+    };
+    let store = if cfg
+        .send_connector
+        .iter()
+        .any(|c| c.client_certificate.is_some())
+    {
+        Some(CertStore::open(&cfg.server.data_dir).map_err(StartError::Certificates)?)
+    } else {
+        None
+    };
+    let outbound = crate::smtp::outbound::Outbound::from_config(cfg, store.as_ref(), protolog)?;
+    let policy = policy.clone();
+    let dsn_router: crate::queue::DsnRouter = Arc::new(move |sender: &str| {
+        let path = crate::smtp::address::parse_path(&format!("<{sender}>"), true).ok()?;
+        policy
+            .recipient(
+                &path,
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                &[],
+                true,
+            )
+            .ok()
+            .map(|(_, route)| route)
+    });
+    Ok(crate::queue::RelayContext {
+        outbound: Arc::new(outbound),
+        dsn_router,
+    })
 }
 
 /// The name a connector announces and looks certificates up by.

@@ -13,9 +13,11 @@
 //! else the embedded default (`default.toml`).
 
 mod diagnostics;
+pub mod send;
 pub mod values;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
+pub use send::{DnsConfig, SendConnectorConfig, TlsLevel};
 pub use values::{ByteSize, Cidr, DomainName, HumanDuration};
 
 use serde::Deserialize;
@@ -93,6 +95,11 @@ pub struct Config {
     pub events: EventsConfig,
     /// The loopback admin API; off when the section is absent.
     pub admin: Option<AdminConfig>,
+    /// Outbound routes; none by default (relay mail waits in the queue).
+    #[serde(default)]
+    pub send_connector: Vec<SendConnectorConfig>,
+    #[serde(default)]
+    pub dns: DnsConfig,
 }
 
 /// Event levels, rate limiting and the JSON lines file (SPEC 2.7).
@@ -267,6 +274,22 @@ pub struct QueueConfig {
     /// Wait before retrying a delivery that failed temporarily.
     #[serde(default = "default_retry_after")]
     pub retry_after: HumanDuration,
+    /// First outbound retry after a temporary failure (Postfix
+    /// minimal_backoff_time 300 s); doubled per try up to
+    /// `max_retry_interval`, with ±10 % jitter.
+    #[serde(default = "send::default_first_retry")]
+    pub first_retry: HumanDuration,
+    #[serde(default = "send::default_max_retry")]
+    pub max_retry_interval: HumanDuration,
+    /// Give up and send a failure DSN (Exchange MessageExpirationTimeout).
+    #[serde(default = "send::default_expire")]
+    pub expire_after: HumanDuration,
+    /// Send a delay DSN once a recipient has waited this long (Exchange
+    /// DelayNotificationTimeout 4 h); `delay_dsn = false` turns it off.
+    #[serde(default = "send::default_delay_dsn")]
+    pub delay_dsn_after: HumanDuration,
+    #[serde(default = "default_true")]
+    pub delay_dsn: bool,
 }
 
 impl Default for QueueConfig {
@@ -275,6 +298,11 @@ impl Default for QueueConfig {
             segment_size: default_segment_size(),
             delivery_workers: default_delivery_workers(),
             retry_after: default_retry_after(),
+            first_retry: send::default_first_retry(),
+            max_retry_interval: send::default_max_retry(),
+            expire_after: send::default_expire(),
+            delay_dsn_after: send::default_delay_dsn(),
+            delay_dsn: true,
         }
     }
 }
@@ -650,6 +678,10 @@ impl Config {
             );
         }
 
+        send::validate(&self.send_connector, src, &mut errs);
+        let mut err = |span: std::ops::Range<usize>, msg: String, hint: &str| {
+            errs.push(ConfigError::at(src, span, msg, hint));
+        };
         let mut domains = std::collections::HashMap::new();
         for d in &self.accepted_domain {
             if domains.insert(d.domain.get_ref().clone(), d.kind).is_some() {

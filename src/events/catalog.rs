@@ -121,6 +121,160 @@ catalog! {
         action: "If the address is a legitimate client with a stale password, fix the password in the client; the lockout ends by itself. If it is an attacker, consider blocking it at the firewall. Tune [auth] lockout_threshold / lockout_window / lockout_duration.",
     }
 
+    /// Mail for a relay domain has no [[send_connector]] whose address_spaces match it.
+    NoSendConnector<'a> {
+        id: 2001,
+        category: SmtpSend,
+        level: Warning,
+        verbosity: Low,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "Mail for a relay domain has no [[send_connector]] whose address_spaces match it. It stays queued and is retried (4.4.0) until it expires. Add a send connector for the domain (or \"*\").",
+        action: "Mail for a relay domain has no [[send_connector]] whose address_spaces match it. It stays queued and is retried (4.4.0) until it expires. Add a send connector for the domain (or \"*\").",
+    }
+
+    /// No host of the destination could be used (connection refused, timed out, or the peer refused the session).
+    OutboundConnectionFailed<'a> {
+        id: 2002,
+        category: SmtpSend,
+        level: Warning,
+        verbosity: Low,
+        exchange: [1035],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "No host of the destination could be used (connection refused, timed out, or the peer refused the session). The messages are retried with backoff; check the destination's MX or smart host and the network path.",
+        action: "No host of the destination could be used (connection refused, timed out, or the peer refused the session). The messages are retried with backoff; check the destination's MX or smart host and the network path.",
+    }
+
+    /// The connector's TLS level could not be met (STARTTLS not offered, handshake failed, untrusted chain, wrong name or unpinned certificate).
+    OutboundTlsFailed<'a> {
+        id: 2003,
+        category: SmtpSend,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [12023],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "The connector's TLS level could not be met (STARTTLS not offered, handshake failed, untrusted chain, wrong name or unpinned certificate). Mail is not sent over this host and is retried. Fix the peer's certificate or lower the level for that domain with [[send_connector.tls_domain]].",
+        action: "The connector's TLS level could not be met (STARTTLS not offered, handshake failed, untrusted chain, wrong name or unpinned certificate). Mail is not sent over this host and is retried. Fix the peer's certificate or lower the level for that domain with [[send_connector.tls_domain]].",
+    }
+
+    /// TLS level `may`: STARTTLS was offered but failed before any mail data was sent, so the message went over a new plaintext connection (RFC 7435).
+    OutboundTlsFallbackPlaintext<'a> {
+        id: 2004,
+        category: SmtpSend,
+        level: Warning,
+        verbosity: Low,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "TLS level `may`: STARTTLS was offered but failed before any mail data was sent, so the message went over a new plaintext connection (RFC 7435). Check the peer's TLS set-up; raise the level to `encrypt` to refuse plaintext.",
+        action: "TLS level `may`: STARTTLS was offered but failed before any mail data was sent, so the message went over a new plaintext connection (RFC 7435). Check the peer's TLS set-up; raise the level to `encrypt` to refuse plaintext.",
+    }
+
+    /// A destination that was reached with better TLS before (verified or encrypted) now offers less.
+    OutboundTlsDowngrade<'a> {
+        id: 2005,
+        category: SmtpSend,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "A destination that was reached with better TLS before (verified or encrypted) now offers less. This can be an attack stripping STARTTLS or a broken peer. With enforce_tls_memory = true such sessions are refused and the mail waits.",
+        action: "A destination that was reached with better TLS before (verified or encrypted) now offers less. This can be an attack stripping STARTTLS or a broken peer. With enforce_tls_memory = true such sessions are refused and the mail waits.",
+    }
+
+    /// The MX or address lookup for a destination failed.
+    OutboundDnsFailure<'a> {
+        id: 2006,
+        category: SmtpSend,
+        level: Warning,
+        verbosity: Low,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "The MX or address lookup for a destination failed. Temporary failures are retried; NXDOMAIN and null MX (RFC 7505) bounce at once.",
+        action: "The MX or address lookup for a destination failed. Temporary failures are retried; NXDOMAIN and null MX (RFC 7505) bounce at once.",
+    }
+
+    /// Recipients failed permanently (5xx, null MX, expiry); a failure DSN (RFC 3464) was queued to the sender.
+    FailureDsnQueued<'a> {
+        id: 2101,
+        category: Queue,
+        level: Information,
+        verbosity: Low,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "Recipients failed permanently (5xx, null MX, expiry); a failure DSN (RFC 3464) was queued to the sender.",
+        action: "Recipients failed permanently (5xx, null MX, expiry); a failure DSN (RFC 3464) was queued to the sender.",
+    }
+
+    /// Recipients have waited longer than queue.delay_dsn_after; a delay DSN was queued to the sender.
+    DelayDsnQueued<'a> {
+        id: 2102,
+        category: Queue,
+        level: Information,
+        verbosity: Low,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "Recipients have waited longer than queue.delay_dsn_after; a delay DSN was queued to the sender. Delivery goes on until expiry.",
+        action: "Recipients have waited longer than queue.delay_dsn_after; a delay DSN was queued to the sender. Delivery goes on until expiry.",
+    }
+
+    /// A notification could not be delivered (it has a null sender, so no further DSN is generated and no loop can form), or the original sender is not routable.
+    DsnDropped<'a> {
+        id: 2103,
+        category: Queue,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "A notification could not be delivered (it has a null sender, so no further DSN is generated and no loop can form), or the original sender is not routable. Nothing else to do unless this repeats.",
+        action: "A notification could not be delivered (it has a null sender, so no further DSN is generated and no loop can form), or the original sender is not routable. Nothing else to do unless this repeats.",
+    }
+
+    /// Recipients were still undelivered after queue.expire_after; they are bounced with the last error.
+    MessageExpired<'a> {
+        id: 2104,
+        category: Queue,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "Recipients were still undelivered after queue.expire_after; they are bounced with the last error.",
+        action: "Recipients were still undelivered after queue.expire_after; they are bounced with the last error.",
+    }
+
+    /// An operator deleted or bounced a queued message.
+    MessageRemovedByAdmin<'a> {
+        id: 2105,
+        category: Queue,
+        level: Information,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { detail: &'a str },
+        key: [detail],
+        message: "{detail}",
+        explanation: "An operator deleted or bounced a queued message.",
+        action: "An operator deleted or bounced a queued message.",
+    }
+
     /// Recovery found a queue record it cannot trust.
     QueueRecordQuarantined<'a> {
         id: 2190,

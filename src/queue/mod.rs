@@ -17,15 +17,21 @@
 //! delivered a second time: at-least-once, duplicates bounded by the
 //! in-flight window).
 //!
-//! Recipients routed to a relay domain wait here until send connectors
-//! exist; they are kept, never dropped.
+//! Recipients routed to another host go to `relay` (per-destination
+//! queues in `smtp::outbound`, retry, expiry, DSN); with no send connector
+//! for their domain they stay queued and are retried, never dropped.
 
+pub mod dsn;
 pub mod journal;
 pub mod message;
+pub mod ops;
+pub mod relay;
+pub mod relay_state;
 
 use crate::delivery::maildir::Maildir;
 pub use journal::{FaultInjection, Journal, Location, StorageError};
 use message::{Envelope, Route};
+pub use relay::{DsnRouter, Outcome, RelayJob, RelaySettings, Tracked};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,14 +59,24 @@ pub struct QueueSettings {
     pub segment_size: u64,
     pub delivery_workers: usize,
     pub retry_after: Duration,
+    /// Outbound retry, expiry and DSN timing.
+    pub relay: RelaySettings,
 }
 
 struct Job {
-    location: Location,
-    envelope: Arc<Envelope>,
+    msg: Arc<Tracked>,
     data: Option<Arc<Vec<u8>>>,
-    done: HashSet<u32>,
     attempts: u32,
+    /// Relay recipients were handed to `relay` (a local retry must not
+    /// send them again).
+    relay_dispatched: bool,
+}
+
+/// What relaying needs besides the journal: the send side and how to
+/// route a DSN back to a sender.
+pub struct RelayContext {
+    pub outbound: Arc<crate::smtp::outbound::Outbound>,
+    pub dsn_router: DsnRouter,
 }
 
 struct Inner {
@@ -68,6 +84,12 @@ struct Inner {
     jobs: mpsc::UnboundedSender<Job>,
     stats: QueueStats,
     settings: QueueSettings,
+    outbound: Option<Arc<crate::smtp::outbound::Outbound>>,
+    dsn_router: Option<DsnRouter>,
+    /// Relay recipients' retry state, kept across restarts.
+    state_log: relay_state::StateLog,
+    /// Messages with unfinished recipients, by ID (for `ops`).
+    index: std::sync::Mutex<std::collections::HashMap<message::QueueId, Arc<Tracked>>>,
 }
 
 /// Cheap-to-clone handle to the queue.
@@ -79,16 +101,29 @@ pub struct Queue {
 /// Whether delivering `job` touches the disk (reading the journal or
 /// writing a Maildir), so it must run on a blocking thread.
 fn needs_blocking_io(job: &Job) -> bool {
-    let pending_local = job.envelope.recipients.iter().enumerate().any(|(i, r)| {
-        !job.done.contains(&(i as u32)) && matches!(r.route, Route::Mailbox { discard: false, .. })
-    });
-    pending_local || job.data.is_none()
+    let done = job.msg.done.lock().unwrap_or_else(|e| e.into_inner());
+    job.msg
+        .envelope
+        .recipients
+        .iter()
+        .enumerate()
+        .any(|(i, r)| {
+            !done.contains(&(i as u32)) && matches!(r.route, Route::Mailbox { discard: false, .. })
+        })
 }
 
 impl Queue {
     /// Opens the journal, recovers unfinished messages and starts the
     /// scheduler. Needs a Tokio runtime.
     pub fn start(settings: QueueSettings) -> Result<Queue, StorageError> {
+        Queue::start_with(settings, None)
+    }
+
+    /// `start`, with send connectors for relay recipients.
+    pub fn start_with(
+        settings: QueueSettings,
+        relay: Option<RelayContext>,
+    ) -> Result<Queue, StorageError> {
         let (journal, recovered, report) =
             Journal::open(&settings.queue_dir, settings.segment_size)?;
         tracing::info!(
@@ -99,6 +134,15 @@ impl Queue {
             quarantined = report.quarantined,
             "queue recovered"
         );
+        let live: HashSet<(message::QueueId, u32)> = recovered
+            .iter()
+            .flat_map(|r| {
+                (0..r.envelope.recipients.len() as u32)
+                    .filter(|i| !r.done.contains(i))
+                    .map(|i| (r.envelope.id, i))
+            })
+            .collect();
+        let (state_log, mut restored) = relay_state::StateLog::open(&settings.queue_dir, &live);
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Queue {
             inner: Arc::new(Inner {
@@ -106,16 +150,27 @@ impl Queue {
                 jobs: tx,
                 stats: QueueStats::default(),
                 settings,
+                outbound: relay.as_ref().map(|r| r.outbound.clone()),
+                dsn_router: relay.map(|r| r.dsn_router),
+                index: Default::default(),
+                state_log,
             }),
         };
         for r in recovered {
             queue.inner.stats.pending.fetch_add(1, Ordering::Relaxed);
+            let id = r.envelope.id;
+            let n = r.envelope.recipients.len() as u32;
+            let msg = Arc::new(Tracked::new(r.location, Arc::new(r.envelope), r.done));
+            for i in 0..n {
+                if let Some(st) = restored.remove(&(id, i)) {
+                    msg.restore(i, st);
+                }
+            }
             queue.enqueue(Job {
-                location: r.location,
-                envelope: Arc::new(r.envelope),
+                msg,
                 data: None,
-                done: r.done,
                 attempts: 0,
+                relay_dispatched: false,
             });
         }
         tokio::spawn(queue.clone().schedule(rx));
@@ -130,11 +185,10 @@ impl Queue {
         self.inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.inner.stats.pending.fetch_add(1, Ordering::Relaxed);
         self.enqueue(Job {
-            location,
-            envelope: Arc::new(envelope),
+            msg: Arc::new(Tracked::new(location, Arc::new(envelope), HashSet::new())),
             data: Some(Arc::new(message)),
-            done: HashSet::new(),
             attempts: 0,
+            relay_dispatched: false,
         });
         Ok(())
     }
@@ -160,6 +214,13 @@ impl Queue {
     }
 
     fn enqueue(&self, job: Job) {
+        if job.attempts == 0 {
+            self.inner
+                .index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(job.msg.envelope.id, job.msg.clone());
+        }
         // The receiver lives as long as any Queue handle; a send error only
         // happens during process teardown, when the journal keeps the job.
         let _ = self.inner.jobs.send(job);
@@ -207,27 +268,21 @@ impl Queue {
         });
     }
 
-    /// Delivers what can be delivered now. Returns the job if some local
+    /// Delivers what can be delivered now: local recipients here, relay
+    /// recipients handed to `relay` (once). Returns the job if some local
     /// recipient failed temporarily and needs a retry.
     fn deliver(&self, mut job: Job) -> Option<Job> {
         let s = &self.inner.settings;
-        let id = job.envelope.id;
-        let data = match &job.data {
-            Some(d) => d.clone(),
-            None => match self.inner.journal.read_message(job.location) {
-                Ok((_, d)) => Arc::new(d),
-                Err(e) => {
-                    tracing::error!(queue_id = %id, error = %e, "cannot read queued message; will retry");
-                    return Some(job);
-                }
-            },
-        };
+        let msg = job.msg.clone();
+        let id = msg.envelope.id;
+        let done: HashSet<u32> = msg.done.lock().unwrap_or_else(|e| e.into_inner()).clone();
         // One copy per mailbox, whatever the number of its recipients.
         let mut by_mailbox: BTreeMap<(&str, bool), Vec<u32>> = BTreeMap::new();
-        let mut held = 0;
-        for (i, r) in job.envelope.recipients.iter().enumerate() {
+        // Relay recipients grouped by domain (one transaction each).
+        let mut by_domain: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (i, r) in msg.envelope.recipients.iter().enumerate() {
             let i = i as u32;
-            if job.done.contains(&i) {
+            if done.contains(&i) {
                 continue;
             }
             match &r.route {
@@ -235,14 +290,52 @@ impl Queue {
                     .entry((name.as_str(), *discard))
                     .or_default()
                     .push(i),
-                Route::Relay { domain } => {
-                    held += 1;
-                    if job.attempts == 0 {
-                        tracing::warn!(queue_id = %id, recipient = %r.address, domain = %domain, "recipient held in the queue: no send connector is configured for relay domains yet");
+                Route::Relay { domain } => by_domain.entry(domain.as_str()).or_default().push(i),
+            }
+        }
+        if !job.relay_dispatched {
+            job.relay_dispatched = true;
+            for (domain, rcpts) in by_domain {
+                // After a restart, recipients keep their attempt count and
+                // wait for their next try (relay_state.rs).
+                let (attempts, next_try) = msg.restored_schedule(&rcpts);
+                let relay_job = RelayJob {
+                    msg: msg.clone(),
+                    rcpts,
+                    domain: domain.to_string(),
+                    data: job.data.clone(),
+                    attempts,
+                };
+                match next_try.and_then(|t| t.duration_since(std::time::SystemTime::now()).ok()) {
+                    Some(wait) => {
+                        let q = self.clone();
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = relay_job.msg.wake.notified() => {}
+                            }
+                            q.dispatch_relay(relay_job);
+                        });
                     }
+                    None => self.dispatch_relay(relay_job),
                 }
             }
         }
+        if by_mailbox.is_empty() {
+            return None;
+        }
+        let need_data = by_mailbox.keys().any(|(_, discard)| !discard);
+        let data = match &job.data {
+            Some(d) => d.clone(),
+            None if !need_data => Arc::new(Vec::new()),
+            None => match self.inner.journal.read_message(msg.location) {
+                Ok((_, d)) => Arc::new(d),
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot read queued message; will retry");
+                    return Some(job);
+                }
+            },
+        };
         let mut delivered = Vec::new();
         let mut failed = false;
         for ((name, discard), rcpts) in by_mailbox {
@@ -250,7 +343,7 @@ impl Queue {
                 Ok(None)
             } else {
                 Maildir::open(&s.mail_dir.join(name))
-                    .and_then(|md| md.deliver(&job.envelope.mail_from, &s.hostname, &data))
+                    .and_then(|md| md.deliver(&msg.envelope.mail_from, &s.hostname, &data))
                     .map(Some)
             };
             match result {
@@ -268,17 +361,8 @@ impl Queue {
             .stats
             .delivered
             .fetch_add(delivered.len() as u64, Ordering::Relaxed);
-        job.done.extend(delivered.iter().copied());
-        let finished = job.done.len() == job.envelope.recipients.len();
-        if !delivered.is_empty() || finished {
-            self.inner
-                .journal
-                .mark_done(job.location, delivered, finished);
-        }
-        if finished {
-            self.inner.stats.pending.fetch_sub(1, Ordering::Relaxed);
-        } else if held > 0 && !failed && job.attempts == 0 {
-            self.inner.stats.held.fetch_add(1, Ordering::Relaxed);
+        if !delivered.is_empty() {
+            self.finish(&msg, delivered);
         }
         failed.then_some(job)
     }

@@ -3,4 +3,5 @@
 
 pub mod address;
 pub mod inbound;
+pub mod outbound;
 pub mod reply;

@@ -1,0 +1,180 @@
+//! kill -9 while relaying: messages acknowledged with 250 and on their way
+//! to a smart host when the process dies are all relayed after a restart
+//! (at least once; duplicates only from the in-flight window).
+
+#[path = "outbound_support/mod.rs"]
+mod support;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn spawn_server(config: &std::path::Path) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start gatehouse");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.strip_prefix("listening: smtp ") {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            std::thread::spawn(move || for _ in lines {});
+            return Proc { child, addr };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("server did not announce its port");
+}
+
+fn read_reply(r: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| std::io::ErrorKind::InvalidData.into());
+        }
+    }
+}
+
+/// Sends relay messages until the connection breaks; records the tokens
+/// acknowledged with 250.
+fn load(addr: SocketAddr, tag: String, acked: Arc<Mutex<Vec<String>>>, stop: Instant) {
+    let Ok(s) = TcpStream::connect(addr) else {
+        return;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    if read_reply(&mut r).ok() != Some(220)
+        || w.write_all(b"EHLO load.test\r\n").is_err()
+        || read_reply(&mut r).ok() != Some(250)
+    {
+        return;
+    }
+    let mut seq = 0;
+    while Instant::now() < stop {
+        let token = format!("tok-{tag}-{seq}");
+        seq += 1;
+        let msg = format!(
+            "MAIL FROM:<load@example.test>\r\nRCPT TO:<sink@remote.test>\r\nDATA\r\nSubject: {token}\r\n\r\ntoken: {token}\r\n{}\r\n.\r\n",
+            "x".repeat(900)
+        );
+        if w.write_all(msg.as_bytes()).is_err() {
+            return;
+        }
+        let codes: Vec<_> = (0..4).map(|_| read_reply(&mut r)).collect();
+        match codes.as_slice() {
+            [Ok(250), Ok(250), Ok(354), Ok(250)] => acked.lock().unwrap().push(token),
+            _ => return,
+        }
+    }
+}
+
+fn tokens(sink: &Sink) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for g in sink.messages() {
+        let text = String::from_utf8_lossy(&g.data).to_string();
+        if let Some(tok) = text.lines().find_map(|l| l.strip_prefix("token: ")) {
+            *seen.entry(tok.to_string()).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_relaying_loses_no_acknowledged_message() {
+    let sink = Sink::start(SinkOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let cfg = dir.path().join("gatehouse.toml");
+    let text = relay_config(
+        &data,
+        "first_retry = \"1s\"\nmax_retry_interval = \"1s\"",
+        &connector(
+            "Smart",
+            "\"*\"",
+            &format!("smart_hosts = [\"{}\"]\ntls = \"none\"", sink.addr),
+        ),
+    )
+    .replace(
+        "max_errors = 100",
+        "max_errors = 100\nmax_connections_per_ip = 100",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let rounds = 3;
+    let acked2 = acked.clone();
+    let cfg2 = cfg.clone();
+    tokio::task::spawn_blocking(move || {
+        for round in 0..rounds {
+            let mut p = spawn_server(&cfg2);
+            let run_for = Duration::from_millis(400 + 250 * round as u64);
+            let stop = Instant::now() + Duration::from_secs(30);
+            let workers: Vec<_> = (0..6)
+                .map(|i| {
+                    let acked = acked2.clone();
+                    let addr = p.addr;
+                    std::thread::spawn(move || load(addr, format!("{round}-{i}"), acked, stop))
+                })
+                .collect();
+            std::thread::sleep(run_for);
+            p.child.kill().expect("SIGKILL");
+            p.child.wait().unwrap();
+            for w in workers {
+                w.join().unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let relayed_before_restart = tokens(&sink).len();
+    assert!(acked.len() >= 50, "load too small: {}", acked.len());
+    let cfg3 = cfg.clone();
+    let mut p = tokio::task::spawn_blocking(move || spawn_server(&cfg3))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let seen = tokens(&sink);
+        if acked.iter().all(|t| seen.contains_key(t)) || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(p.child.id().to_string())
+        .status();
+    let _ = p.child.wait();
+    let lost: Vec<_> = acked.iter().filter(|t| !seen.contains_key(*t)).collect();
+    let duplicates: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    eprintln!(
+        "relay kill -9: {rounds} rounds, {} acknowledged, {relayed_before_restart} relayed before the last restart, {} relayed distinct, {} lost, {duplicates} duplicates",
+        acked.len(),
+        seen.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "acknowledged messages lost: {lost:?}");
+}
