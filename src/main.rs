@@ -35,6 +35,9 @@ enum Cmd {
     /// Manage SMTP AUTH users (argon2id hashes in auth.users_file): add, remove, list.
     #[command(subcommand)]
     User(gatehouse::auth::cli::UserCommand),
+    /// The running server's queue: list, show, retry, delete, bounce, flush (admin API).
+    #[command(subcommand)]
+    Queue(gatehouse::queue::cli::QueueCommand),
     /// TLS doctor: probe a server (smtp://, smtps://, https://); decode/encode Windows protocol bitmasks.
     #[command(subcommand)]
     Tls(gatehouse::tls::doctor::cli::TlsCommand),
@@ -97,6 +100,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("gatehouse: {e}");
                 ExitCode::from(1)
+            }
+        },
+        Cmd::Queue(cmd) => match cmd.run(cli.config.as_deref(), &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatehouse: {e}");
+                ExitCode::from(e.exit_code())
             }
         },
         Cmd::Tls(cmd) => ExitCode::from(cmd.run(&mut std::io::stdout())),

@@ -777,6 +777,10 @@ impl crate::admin::Backend for Live {
     fn reload(&self) -> Result<ReloadReport, String> {
         Live::reload(self)
     }
+
+    fn queue(&self) -> &Queue {
+        &self.queue
+    }
 }
 
 impl RunningServer {

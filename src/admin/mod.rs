@@ -11,17 +11,17 @@
 //!      GET  /log-level                levels per category, JSON
 //!      PUT  /log-level/CATEGORY/LEVEL change one at runtime
 //!      POST /reload                   config + certificates; 422 with the errors
-//!    Backend (implemented by server::Live): readiness, reload, scrape values
+//!      /queue...                      queue list/show/retry/delete/bounce/flush (queue.rs)
+//!    Backend (implemented by server::Live): readiness, reload, scrape values, the queue
 //! ```
 //!
 //! Request bodies are never read (no route takes one), so a client cannot
 //! make the server buffer anything; headers are bounded by hyper and must
-//! arrive within `HEADER_TIMEOUT`. The queue endpoints (list, show, retry,
-//! delete, bounce, flush) go into `route` next to the others, under
-//! `/queue`, once the outbound work lands.
+//! arrive within `HEADER_TIMEOUT`.
 
 pub mod client;
 pub mod metrics;
+mod queue;
 pub mod token;
 
 use bytes::Bytes;
@@ -74,6 +74,8 @@ pub trait Backend: metrics::ScrapeSource {
     /// Re-reads the configuration and certificates; `Err` holds the
     /// configuration errors (file:line:col), the old config keeps running.
     fn reload(&self) -> Result<ReloadReport, String>;
+    /// The queue the `/queue` endpoints act on.
+    fn queue(&self) -> &crate::queue::Queue;
 }
 
 /// Why the admin API could not start.
@@ -231,6 +233,15 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Reply
             hyper::header::HeaderValue::from_static("Bearer"),
         );
         return r;
+    }
+    if path == "/queue" || path.starts_with("/queue/") {
+        return queue::route(
+            &method,
+            &path,
+            query(&req, "destination"),
+            state.backend.queue(),
+        )
+        .await;
     }
     match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {

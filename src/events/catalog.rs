@@ -130,9 +130,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "no send connector matches the destination: {detail}",
         explanation: "Mail for a relay domain has no [[send_connector]] whose address_spaces match it. It stays queued and is retried (4.4.0) until it expires. Add a send connector for the domain (or \"*\").",
-        action: "Mail for a relay domain has no [[send_connector]] whose address_spaces match it. It stays queued and is retried (4.4.0) until it expires. Add a send connector for the domain (or \"*\").",
+        action: "Add a [[send_connector]] whose address_spaces match the domain (or \"*\"), then restart Gatehouse (send connector changes need a restart); the waiting mail is tried again at start.",
     }
 
     /// No host of the destination could be used (connection refused, timed out, or the peer refused the session).
@@ -144,9 +144,9 @@ catalog! {
         exchange: [1035],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "no host of the destination could take the mail: {detail}",
         explanation: "No host of the destination could be used (connection refused, timed out, or the peer refused the session). The messages are retried with backoff; check the destination's MX or smart host and the network path.",
-        action: "No host of the destination could be used (connection refused, timed out, or the peer refused the session). The messages are retried with backoff; check the destination's MX or smart host and the network path.",
+        action: "Check the destination's MX records or the smart host (`gatehouse tls probe smtp://HOST:25`), and the network path (firewall, port 25 blocked by the provider). The mail is retried by itself; `gatehouse queue list --destination D` shows what waits.",
     }
 
     /// The connector's TLS level could not be met (STARTTLS not offered, handshake failed, untrusted chain, wrong name or unpinned certificate).
@@ -158,9 +158,9 @@ catalog! {
         exchange: [12023],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "the send connector's TLS level was not met: {detail}",
         explanation: "The connector's TLS level could not be met (STARTTLS not offered, handshake failed, untrusted chain, wrong name or unpinned certificate). Mail is not sent over this host and is retried. Fix the peer's certificate or lower the level for that domain with [[send_connector.tls_domain]].",
-        action: "The connector's TLS level could not be met (STARTTLS not offered, handshake failed, untrusted chain, wrong name or unpinned certificate). Mail is not sent over this host and is retried. Fix the peer's certificate or lower the level for that domain with [[send_connector.tls_domain]].",
+        action: "Fix the peer's certificate (`gatehouse tls probe smtp://HOST:25 --expect-name NAME` shows what is wrong), or lower the level for that domain with [[send_connector.tls_domain]] if you accept less; the mail waits meanwhile.",
     }
 
     /// TLS level `may`: STARTTLS was offered but failed before any mail data was sent, so the message went over a new plaintext connection (RFC 7435).
@@ -172,9 +172,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "STARTTLS failed before any mail data; the message went in plaintext (TLS level may): {detail}",
         explanation: "TLS level `may`: STARTTLS was offered but failed before any mail data was sent, so the message went over a new plaintext connection (RFC 7435). Check the peer's TLS set-up; raise the level to `encrypt` to refuse plaintext.",
-        action: "TLS level `may`: STARTTLS was offered but failed before any mail data was sent, so the message went over a new plaintext connection (RFC 7435). Check the peer's TLS set-up; raise the level to `encrypt` to refuse plaintext.",
+        action: "Check the peer's TLS set-up (`gatehouse tls probe`); set the level to `encrypt` or higher for the domain to refuse plaintext.",
     }
 
     /// A destination that was reached with better TLS before (verified or encrypted) now offers less.
@@ -186,9 +186,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "a destination now offers less TLS than before: {detail}",
         explanation: "A destination that was reached with better TLS before (verified or encrypted) now offers less. This can be an attack stripping STARTTLS or a broken peer. With enforce_tls_memory = true such sessions are refused and the mail waits.",
-        action: "A destination that was reached with better TLS before (verified or encrypted) now offers less. This can be an attack stripping STARTTLS or a broken peer. With enforce_tls_memory = true such sessions are refused and the mail waits.",
+        action: "Find out whether the peer changed (ask its operator, probe it) or something strips STARTTLS on the path; with enforce_tls_memory = true such sessions are refused and the mail waits.",
     }
 
     /// The MX or address lookup for a destination failed.
@@ -200,9 +200,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "DNS lookup for a destination failed: {detail}",
         explanation: "The MX or address lookup for a destination failed. Temporary failures are retried; NXDOMAIN and null MX (RFC 7505) bounce at once.",
-        action: "The MX or address lookup for a destination failed. Temporary failures are retried; NXDOMAIN and null MX (RFC 7505) bounce at once.",
+        action: "Check the resolvers ([dns] nameservers, /etc/resolv.conf) and the domain's records (`dig MX DOMAIN`). Temporary failures retry by themselves; NXDOMAIN and null MX bounce.",
     }
 
     /// Recipients failed permanently (5xx, null MX, expiry); a failure DSN (RFC 3464) was queued to the sender.
@@ -214,9 +214,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "failure DSN queued to the sender: {detail}",
         explanation: "Recipients failed permanently (5xx, null MX, expiry); a failure DSN (RFC 3464) was queued to the sender.",
-        action: "Recipients failed permanently (5xx, null MX, expiry); a failure DSN (RFC 3464) was queued to the sender.",
+        action: "Nothing: the sender is told. Many of them for one destination point at a misconfigured route or a peer refusing mail; look at the last errors with `gatehouse queue list`.",
     }
 
     /// Recipients have waited longer than queue.delay_dsn_after; a delay DSN was queued to the sender.
@@ -228,9 +228,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "delay DSN queued to the sender: {detail}",
         explanation: "Recipients have waited longer than queue.delay_dsn_after; a delay DSN was queued to the sender. Delivery goes on until expiry.",
-        action: "Recipients have waited longer than queue.delay_dsn_after; a delay DSN was queued to the sender. Delivery goes on until expiry.",
+        action: "Nothing for the message (delivery goes on until expiry). Look at why the destination defers: `gatehouse queue list --destination D`.",
     }
 
     /// A notification could not be delivered (it has a null sender, so no further DSN is generated and no loop can form), or the original sender is not routable.
@@ -242,9 +242,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "a delivery status notification was dropped: {detail}",
         explanation: "A notification could not be delivered (it has a null sender, so no further DSN is generated and no loop can form), or the original sender is not routable. Nothing else to do unless this repeats.",
-        action: "A notification could not be delivered (it has a null sender, so no further DSN is generated and no loop can form), or the original sender is not routable. Nothing else to do unless this repeats.",
+        action: "Nothing unless it repeats; then check the route back to the senders named.",
     }
 
     /// Recipients were still undelivered after queue.expire_after; they are bounced with the last error.
@@ -256,9 +256,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "recipients expired in the queue and are bounced: {detail}",
         explanation: "Recipients were still undelivered after queue.expire_after; they are bounced with the last error.",
-        action: "Recipients were still undelivered after queue.expire_after; they are bounced with the last error.",
+        action: "Look at the last error of the destination; raise [queue] expire_after only if the destination is known to come back.",
     }
 
     /// An operator deleted or bounced a queued message.
@@ -270,9 +270,9 @@ catalog! {
         exchange: [],
         fields: { detail: &'a str },
         key: [detail],
-        message: "{detail}",
+        message: "a queued message was removed by an operator: {detail}",
         explanation: "An operator deleted or bounced a queued message.",
-        action: "An operator deleted or bounced a queued message.",
+        action: "Nothing: this records an operator action (`gatehouse queue delete|bounce`).",
     }
 
     /// Recovery found a queue record it cannot trust.

@@ -21,6 +21,7 @@
 //! queues in `smtp::outbound`, retry, expiry, DSN); with no send connector
 //! for their domain they stay queued and are retried, never dropped.
 
+pub mod cli;
 pub mod dsn;
 pub mod journal;
 pub mod message;
