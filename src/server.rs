@@ -52,6 +52,8 @@ pub enum StartError {
         "cannot open the queue: {0}\n  = hint: check free space and permissions under `server.data_dir`"
     )]
     Queue(#[from] StorageError),
+    #[error("{0}")]
+    Proxy(#[from] crate::proxy::ProxyStartError),
 }
 
 /// A started server.
@@ -61,6 +63,10 @@ pub struct RunningServer {
     pub certificates: Option<Arc<CertificateSet>>,
     /// (connector name, bound address) for every listener.
     pub listeners: Vec<(String, SocketAddr)>,
+    /// (proxy name, bound address) for every `[[proxy]]` listener.
+    pub proxy_listeners: Vec<(String, SocketAddr)>,
+    /// The proxy's backend pools (tests read their counters).
+    pub proxy_pools: Vec<Arc<crate::proxy::Pool>>,
     pub queue: Queue,
     shutdown: Shutdown,
     grace: Duration,
@@ -118,11 +124,20 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     // Certificates, only when a listener offers TLS: the store creates its
     // self-signed default at first start; the set feeds every TLS listener
     // and reloads when the store changes.
+    // The proxy listeners count as TLS listeners.
     let tls_connectors: Vec<(String, String)> = cfg
         .receive_connector
         .iter()
         .filter(|c| c.tls)
         .map(|c| (c.name.get_ref().clone(), connector_fqdn(c, &hostname)))
+        .chain(cfg.proxy.iter().map(|p| {
+            (
+                p.name.get_ref().clone(),
+                p.fqdn
+                    .as_ref()
+                    .map_or_else(|| hostname.clone(), |f| f.to_string()),
+            )
+        }))
         .collect();
     let tls_state = if tls_connectors.is_empty() {
         None
@@ -202,6 +217,16 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
             )));
         }
     }
+    let (proxy_listeners, proxy_pools) = match &tls_state {
+        Some((certificates, store)) if !cfg.proxy.is_empty() => {
+            let cas = crate::proxy::store_ca_certificates(store);
+            let proxy =
+                crate::proxy::start(&cfg, certificates, &cas, &hostname, &shutdown, bind).await?;
+            accept_tasks.extend(proxy.tasks);
+            (proxy.listeners, proxy.pools)
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
     let certificates = tls_state.map(|(certificates, store)| {
         accept_tasks.push(tokio::spawn(certificates.clone().watch(
             store,
@@ -213,6 +238,8 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         certificates,
         listeners,
+        proxy_listeners,
+        proxy_pools,
         queue,
         shutdown,
         grace: cfg.server.shutdown_grace.0,
@@ -227,6 +254,14 @@ impl RunningServer {
         self.listeners
             .iter()
             .find(|(n, _)| n == connector)
+            .map(|(_, a)| *a)
+    }
+
+    /// The address of the first listener of proxy `name`.
+    pub fn proxy_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.proxy_listeners
+            .iter()
+            .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
     }
 
@@ -271,7 +306,7 @@ fn start_certificates(
         crate::events::emit(
             &crate::events::DEFAULT_CERTIFICATE_CREATED,
             format!(
-                "created the self-signed default certificate {thumb} for {hostname}, enabled for smtp"
+                "created the self-signed default certificate {thumb} for {hostname}, enabled for smtp and https"
             ),
         );
     }

@@ -135,7 +135,7 @@ fn ensure_default_creates_one_p256_server_certificate_for_smtp() {
     assert_eq!(c.subject, "CN=mx.example.test");
     assert_eq!(c.sans, vec!["mx.example.test", "mx"]);
     assert!(c.self_signed);
-    assert_eq!(c.services, Services::SMTP);
+    assert_eq!(c.services.to_string(), "smtp,https");
     assert!(c.is_default);
     let life = c.not_after.duration_since(c.not_before).unwrap();
     // At most 398 days in all (graders and Mozilla's cap), backdate included.

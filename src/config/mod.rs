@@ -13,9 +13,13 @@
 //! else the embedded default (`default.toml`).
 
 mod diagnostics;
+mod proxy;
 pub mod values;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
+pub use proxy::{
+    BackendPoolConfig, BackendServerConfig, HealthCheckConfig, ProxyConfig, RouteConfig,
+};
 pub use values::{ByteSize, Cidr, DomainName, HumanDuration};
 
 use serde::Deserialize;
@@ -89,6 +93,11 @@ pub struct Config {
     pub mailbox: Vec<MailboxConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Client-access HTTPS proxy listeners (`proxy.rs`).
+    #[serde(default)]
+    pub proxy: Vec<ProxyConfig>,
+    #[serde(default)]
+    pub backend_pool: Vec<BackendPoolConfig>,
 }
 
 /// SMTP AUTH settings shared by the connectors that offer AUTH.
@@ -606,6 +615,7 @@ impl Config {
                 }
             }
         }
+        proxy::validate(&self.proxy, &self.backend_pool, &mut binds, src, &mut errs);
         errs
     }
 

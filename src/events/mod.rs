@@ -15,6 +15,7 @@ use std::time::SystemTime;
 pub enum Category {
     Certificates,
     Tls,
+    Proxy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub const DEFAULT_CERTIFICATE_CREATED: EventDef = EventDef {
     category: Category::Certificates,
     level: Level::Information,
     exchange_id: None,
-    action: "A self-signed default certificate was created for SMTP at first start. Import a CA-issued certificate for the host name and enable it for smtp.",
+    action: "A self-signed default certificate was created for SMTP and HTTPS at first start. Import a CA-issued certificate for the host name and enable it for smtp and https.",
 };
 
 pub const CERTIFICATE_FALLBACK: EventDef = EventDef {
@@ -89,6 +90,51 @@ pub const CERTIFICATES_RELOADED: EventDef = EventDef {
     level: Level::Information,
     exchange_id: None,
     action: "The certificate store changed on disk; new handshakes use the new state. Open sessions keep theirs.",
+};
+
+pub const PROXY_BACKEND_TRUST_FAILURE: EventDef = EventDef {
+    id: 4001,
+    name: "ProxyBackendTrustFailure",
+    category: Category::Proxy,
+    level: Level::Error,
+    exchange_id: Some(43),
+    action: "The proxy refused a backend whose certificate it does not trust (untrusted issuer, expired or name mismatch). Install a certificate from a trusted CA on the backend, add its CA with the pool's ca_file, set tls_name to a name the certificate holds, or (internal backends only) set allow_internal_untrusted_certs = true on the pool.",
+};
+
+pub const PROXY_BACKEND_UNAVAILABLE: EventDef = EventDef {
+    id: 4002,
+    name: "ProxyBackendUnavailable",
+    category: Category::Proxy,
+    level: Level::Error,
+    exchange_id: None,
+    action: "The proxy could not reach a backend (refused, timeout or protocol error). Check that the backend runs and listens on the configured address and speaks HTTPS (or set tls = false on the pool for plain HTTP).",
+};
+
+pub const PROXY_UNTRUSTED_CERTS_ALLOWED: EventDef = EventDef {
+    id: 4003,
+    name: "ProxyUntrustedCertsAllowed",
+    category: Category::Proxy,
+    level: Level::Warning,
+    exchange_id: None,
+    action: "A backend pool has allow_internal_untrusted_certs = true: its backends' certificates are not verified, so anyone on the path to them can read and change client traffic. Give the backends trusted certificates and remove the setting.",
+};
+
+pub const PROXY_BACKEND_DOWN: EventDef = EventDef {
+    id: 4004,
+    name: "ProxyBackendDown",
+    category: Category::Proxy,
+    level: Level::Warning,
+    exchange_id: None,
+    action: "A backend failed its health check and receives no new requests; its mailboxes are re-hashed over the healthy servers until it recovers.",
+};
+
+pub const PROXY_BACKEND_UP: EventDef = EventDef {
+    id: 4005,
+    name: "ProxyBackendUp",
+    category: Category::Proxy,
+    level: Level::Information,
+    exchange_id: None,
+    action: "A backend passes its health check again and receives requests.",
 };
 
 /// An emitted event.

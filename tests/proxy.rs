@@ -1,0 +1,349 @@
+//! The client-access HTTPS proxy over real sockets: HTTP/1.1 and HTTP/2
+//! front, routing, header rules, smuggling refusals, backend trust (each
+//! outcome with its page, header and event), the per-pool opt-out.
+
+mod common;
+mod proxy_support;
+
+use common::TestServer;
+use proxy_support::*;
+use std::io::Write as _;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A proxy with one route per `(prefix, pool)` and the given pool
+/// sections, started in-process; the CA file of `pki` is written next to
+/// the data directory.
+async fn proxy(routes: &[(&str, &str)], pools: &str, listener_extra: &str) -> TestServer {
+    let mut text =
+        format!("[[proxy]]\nname = \"Front\"\nlisten = [\"127.0.0.1:0\"]\n{listener_extra}\n");
+    for (prefix, pool) in routes {
+        text.push_str(&format!(
+            "[[proxy.route]]\nprefix = \"{prefix}\"\npool = \"{pool}\"\n"
+        ));
+    }
+    text.push_str(pools);
+    TestServer::start_with("", &text).await
+}
+
+fn ca_file(pki: &Pki) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(pki.ca_pem.as_bytes()).unwrap();
+    f
+}
+
+fn pool(name: &str, servers: &[(&Backend, &str)], options: &str) -> String {
+    let mut s = format!("\n[[backend_pool]]\nname = \"{name}\"\n{options}\n");
+    for (b, tls_name) in servers {
+        s.push_str(&format!(
+            "[[backend_pool.server]]\naddress = \"{}\"\ntls_name = \"{tls_name}\"\n",
+            b.addr
+        ));
+    }
+    s
+}
+
+fn addr(t: &TestServer) -> std::net::SocketAddr {
+    t.server.proxy_addr("Front").expect("proxy listener")
+}
+
+fn events_about(needle: &str) -> Vec<gatehouse::events::Emitted> {
+    gatehouse::events::recent()
+        .into_iter()
+        .filter(|e| e.message.contains(needle))
+        .collect()
+}
+
+#[tokio::test]
+async fn http2_and_http11_front_reach_an_http11_backend_with_forwarding_headers() {
+    let pki = Pki::new();
+    let ca = ca_file(&pki);
+    let b = Backend::start("mbx1", Some(pki.leaf(&["mbx1.example.test"], false))).await;
+    let t = proxy(
+        &[("/owa", "mbx")],
+        &pool(
+            "mbx",
+            &[(&b, "mbx1.example.test")],
+            &format!("ca_file = \"{}\"", ca.path().display()),
+        ),
+        "",
+    )
+    .await;
+    for mut c in [Client::h1(addr(&t)).await, Client::h2(addr(&t)).await] {
+        let (status, headers, body) = c
+            .get(
+                "/OWA/auth/logon.aspx?x=1",
+                &[
+                    ("x-forwarded-for", "192.0.2.7"),
+                    ("connection", "x-drop-me"),
+                    ("x-drop-me", "1"),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("backend=mbx1 "), "{body}");
+        assert!(body.contains("uri=/OWA/auth/logon.aspx?x=1"), "{body}");
+        assert_eq!(headers["x-backend"], "mbx1");
+        // Hop-by-hop fields of the backend's response do not leak.
+        assert!(!headers.contains_key("x-backend-secret"));
+        assert!(headers.contains_key("request-id"));
+    }
+    let seen = b.requests();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.headers["host"], "mail.example.test");
+        assert_eq!(s.headers["x-forwarded-for"], "192.0.2.7, 127.0.0.1");
+        assert_eq!(s.headers["x-forwarded-proto"], "https");
+        assert_eq!(s.headers["x-forwarded-host"], "mail.example.test");
+        assert_eq!(
+            s.headers["forwarded"],
+            "for=127.0.0.1;proto=https;host=mail.example.test"
+        );
+        assert!(!s.headers.contains_key("x-drop-me"), "{:?}", s.headers);
+    }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_path_gets_404_and_empty_pool_gets_503_page() {
+    let t = proxy(
+        &[("/owa", "empty")],
+        "\n[[backend_pool]]\nname = \"empty\"\n",
+        "",
+    )
+    .await;
+    let mut c = Client::h1(addr(&t)).await;
+    let (status, headers, body) = c.get("/owax", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(headers["x-gatehouse-error"], "NoRoute");
+    let (status, headers, body) = c.get("/owa/", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["x-gatehouse-error"], "NoHealthyServer");
+    assert!(body.contains("has no servers configured"), "{body}");
+    t.server.shutdown().await;
+}
+
+/// Each trust outcome: the status, the reason on the page, the error code
+/// header, and the Error event with backend and certificate thumbprint.
+#[tokio::test]
+async fn backend_trust_failures_name_the_reason() {
+    let pki = Pki::new();
+    let ca = ca_file(&pki);
+    let good = pki.leaf(&["mbx.example.test"], false);
+    let expired = pki.leaf(&["mbx.example.test"], true);
+    let wrong = pki.leaf(&["other.example.test"], false);
+    let selfsigned = self_signed(&["mbx.example.test"]);
+    let cases = [
+        ("good", good, None),
+        (
+            "expired",
+            expired,
+            Some(("expired", "BackendCertificateExpired")),
+        ),
+        (
+            "wrong",
+            wrong,
+            Some(("name mismatch", "BackendCertificateNameMismatch")),
+        ),
+        (
+            "self",
+            selfsigned,
+            Some(("untrusted issuer", "BackendCertificateUntrusted")),
+        ),
+    ];
+    let mut pools = String::new();
+    let mut routes = Vec::new();
+    let mut backends = Vec::new();
+    for (name, id, _) in &cases {
+        let leaf_thumb = thumbprint(id.0[0].as_ref());
+        let b = Backend::start(name, Some((id.0.clone(), id.1.clone_key()))).await;
+        pools.push_str(&pool(
+            name,
+            &[(&b, "mbx.example.test")],
+            &format!("ca_file = \"{}\"", ca.path().display()),
+        ));
+        routes.push((format!("/{name}"), name.to_string()));
+        backends.push((b, leaf_thumb));
+    }
+    let route_refs: Vec<(&str, &str)> = routes
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let t = proxy(&route_refs, &pools, "").await;
+    let mut c = Client::h1(addr(&t)).await;
+    for ((name, _, expect), (b, thumb)) in cases.iter().zip(&backends) {
+        let (status, headers, body) = c.get(&format!("/{name}/x"), &[]).await;
+        match expect {
+            None => {
+                assert_eq!(status, 200, "{name}: {body}");
+                assert_eq!(b.requests().len(), 1);
+            }
+            Some((reason, code)) => {
+                assert_eq!(status, 502, "{name}: {body}");
+                assert_eq!(headers["x-gatehouse-error"], *code, "{name}");
+                assert!(body.contains(reason), "{name}: {body}");
+                assert!(
+                    b.requests().is_empty(),
+                    "{name}: request reached the backend"
+                );
+                let ev = events_about(&b.addr.to_string());
+                let e = ev.last().unwrap_or_else(|| panic!("{name}: no event"));
+                assert_eq!(e.name, "ProxyBackendTrustFailure");
+                assert_eq!(e.id, 4001);
+                assert!(e.message.contains(reason), "{}", e.message);
+                assert!(e.message.contains(thumb.as_str()), "{}", e.message);
+            }
+        }
+    }
+    assert_eq!(
+        gatehouse::events::PROXY_BACKEND_TRUST_FAILURE.exchange_id,
+        Some(43)
+    );
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_backend_gets_502_refused() {
+    // A port that was just free: nothing listens there.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = l.local_addr().unwrap();
+    drop(l);
+    let t = proxy(
+        &[("/ews", "dead")],
+        &format!(
+            "\n[[backend_pool]]\nname = \"dead\"\n[[backend_pool.server]]\naddress = \"{dead}\"\n"
+        ),
+        "",
+    )
+    .await;
+    let mut c = Client::h2(addr(&t)).await;
+    let (status, headers, body) = c.get("/ews/exchange.asmx", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(headers["x-gatehouse-error"], "BackendConnectionRefused");
+    assert!(body.contains("refused"), "{body}");
+    let ev = events_about(&dead.to_string());
+    assert_eq!(ev.last().map(|e| e.name), Some("ProxyBackendUnavailable"));
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn untrusted_opt_out_applies_to_its_pool_only_and_is_logged() {
+    let a = Backend::start("lax", Some(self_signed(&["lax.example.test"]))).await;
+    let b = Backend::start("strict", Some(self_signed(&["strict.example.test"]))).await;
+    let pools = format!(
+        "{}{}",
+        pool(
+            "lax",
+            &[(&a, "lax.example.test")],
+            "allow_internal_untrusted_certs = true"
+        ),
+        pool("strict", &[(&b, "strict.example.test")], "")
+    );
+    let t = proxy(&[("/lax", "lax"), ("/strict", "strict")], &pools, "").await;
+    let warn = events_about("backend pool `lax`: allow_internal_untrusted_certs");
+    assert_eq!(
+        warn.last().map(|e| e.name),
+        Some("ProxyUntrustedCertsAllowed")
+    );
+    let mut c = Client::h1(addr(&t)).await;
+    for _ in 0..3 {
+        assert_eq!(c.get("/lax/", &[]).await.0, 200);
+    }
+    let (status, headers, _) = c.get("/strict/", &[]).await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["x-gatehouse-error"], "BackendCertificateUntrusted");
+    let lax = t
+        .server
+        .proxy_pools
+        .iter()
+        .find(|p| p.name == "lax")
+        .unwrap();
+    assert_eq!(
+        lax.unverified_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    t.server.shutdown().await;
+}
+
+/// Raw HTTP/1.1 over TLS: writes `raw`, returns what comes back until the
+/// proxy closes (bounded).
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut tls = tls_connect(addr, &[b"http/1.1"]).await;
+    tls.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_with_400_and_never_reach_the_backend() {
+    let b = Backend::start("plain", None).await;
+    let t = proxy(
+        &[("/", "plain")],
+        &pool("plain", &[(&b, "plain.test")], "tls = false"),
+        "",
+    )
+    .await;
+    let attempts: [&[u8]; 4] = [
+        b"POST /owa/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        b"POST /owa/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        b"POST /owa/ HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST /owa/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4, 5\r\n\r\nabcd",
+    ];
+    for raw in attempts {
+        let reply = raw_exchange(addr(&t), raw).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400 ") || reply.starts_with("HTTP/1.1 501 "),
+            "{}: {reply}",
+            String::from_utf8_lossy(raw)
+        );
+        // One answer, then the connection is closed: nothing after it is
+        // read as a second request.
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    }
+    assert!(b.requests().is_empty(), "{:?}", b.requests());
+    // A well-framed request still works.
+    let ok = raw_exchange(
+        addr(&t),
+        b"POST /owa/ HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    assert_eq!(b.requests().len(), 1);
+    assert_eq!(b.requests()[0].body_bytes, 4);
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_on_headers_and_body_size() {
+    let b = Backend::start("plain", None).await;
+    let t = proxy(
+        &[("/", "plain")],
+        &pool("plain", &[(&b, "plain.test")], "tls = false"),
+        "max_headers = 20\nmax_body_size = \"1KiB\"\nmax_header_bytes = \"16KiB\"",
+    )
+    .await;
+    let mut many = String::from("GET /a HTTP/1.1\r\nHost: a.test\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let reply = raw_exchange(addr(&t), many.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431 "), "{reply}");
+    let big = format!(
+        "GET /a HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let reply = raw_exchange(addr(&t), big.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431 "), "{reply}");
+    let reply = raw_exchange(
+        addr(&t),
+        b"POST /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2000\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 413 "), "{reply}");
+    assert!(reply.contains("RequestTooLarge"), "{reply}");
+    assert!(b.requests().is_empty());
+    t.server.shutdown().await;
+}
