@@ -347,3 +347,168 @@ async fn limits_on_headers_and_body_size() {
     assert!(b.requests().is_empty());
     t.server.shutdown().await;
 }
+
+/// NTLM is connection-oriented: the three legs and the follow-ups of one
+/// client connection must use one backend connection, which no other
+/// client may borrow in between.
+#[tokio::test]
+async fn ntlm_handshake_is_pinned_to_one_backend_connection() {
+    let b = Backend::start("mbx", None).await;
+    let t = proxy(
+        &[("/ews", "p")],
+        &pool("p", &[(&b, "mbx.test")], "tls = false"),
+        "",
+    )
+    .await;
+    let mut ntlm = Client::h1(addr(&t)).await;
+    let mut other = Client::h1(addr(&t)).await;
+    let (s, h, _) = ntlm
+        .get("/ews/ntlm", &[("authorization", "NTLM TlRMTVNTUAABAAAA")])
+        .await;
+    assert_eq!(s, 401);
+    // The challenge passes through unchanged.
+    assert_eq!(h["www-authenticate"], "NTLM TlRMTVNTUAACAAAA");
+    // Another client in between: with ordinary pooling it would get the
+    // connection the first leg used.
+    let (s, _, body) = other
+        .get("/ews/basic", &[("authorization", "Basic dTpw")])
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, _, body) = ntlm
+        .get("/ews/ntlm", &[("authorization", "NTLM TlRMTVNTUAADAAAA")])
+        .await;
+    assert_eq!(s, 200, "{body}");
+    for _ in 0..3 {
+        let (s, _, body) = ntlm.get("/ews/ntlm-followup", &[]).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let seen = b.requests();
+    let ntlm_conns: std::collections::HashSet<usize> = seen
+        .iter()
+        .filter(|s| s.uri.starts_with("/ews/ntlm"))
+        .map(|s| s.conn)
+        .collect();
+    assert_eq!(ntlm_conns.len(), 1, "{seen:?}");
+    let basic = seen.iter().find(|s| s.uri == "/ews/basic").unwrap();
+    assert!(!ntlm_conns.contains(&basic.conn), "{seen:?}");
+    // One connection for the whole NTLM client, one for the Basic one.
+    assert_eq!(b.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    t.server.shutdown().await;
+}
+
+fn backend_of(body: &str) -> String {
+    body.split_whitespace()
+        .next()
+        .and_then(|w| w.strip_prefix("backend="))
+        .unwrap_or("")
+        .to_string()
+}
+
+async fn wait_event(name: &'static str, needle: &str) {
+    let start = std::time::Instant::now();
+    while !events_about(needle).iter().any(|e| e.name == name) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {name} event about {needle}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn anchor_mailbox_affinity_is_stable_and_rehashed_when_a_server_is_down() {
+    let bs = [
+        Backend::start("a", None).await,
+        Backend::start("b", None).await,
+        Backend::start("c", None).await,
+    ];
+    let servers: Vec<(&Backend, &str)> = bs.iter().map(|b| (b, "mbx.test")).collect();
+    let t = proxy(
+        &[("/mapi", "p")],
+        &pool(
+            "p",
+            &servers,
+            "tls = false\nhealth_check = { path = \"/health\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }",
+        ),
+        "",
+    )
+    .await;
+    let mut c = Client::h2(addr(&t)).await;
+    let users: Vec<String> = (0..30).map(|i| format!("user{i}@example.test")).collect();
+    let mut first = std::collections::HashMap::new();
+    for round in 0..2 {
+        for u in &users {
+            let (s, _, body) = c.get("/mapi/emsmdb/", &[("x-anchormailbox", u)]).await;
+            assert_eq!(s, 200);
+            let got = backend_of(&body);
+            if round == 0 {
+                first.insert(u.clone(), got);
+            } else {
+                assert_eq!(first[u], got, "{u} moved");
+            }
+        }
+    }
+    let used: std::collections::HashSet<&String> = first.values().collect();
+    assert_eq!(used.len(), 3, "30 users all on {used:?}");
+    // Take down the server of user0.
+    let down = first[&users[0]].clone();
+    let idx = bs.iter().position(|b| b.name == down).unwrap();
+    bs[idx]
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_event("ProxyBackendDown", &bs[idx].addr.to_string()).await;
+    for u in &users {
+        let (s, _, body) = c.get("/mapi/emsmdb/", &[("x-anchormailbox", u)]).await;
+        assert_eq!(s, 200);
+        let got = backend_of(&body);
+        assert_ne!(got, down, "{u} still sent to the down server");
+        if first[u] != down {
+            assert_eq!(first[u], got, "{u} moved although its server is up");
+        }
+    }
+    bs[idx]
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_event("ProxyBackendUp", &bs[idx].addr.to_string()).await;
+    for u in &users {
+        let (_, _, body) = c.get("/mapi/emsmdb/", &[("x-anchormailbox", u)]).await;
+        assert_eq!(first[u], backend_of(&body), "{u} did not come back");
+    }
+    t.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_anchor_the_least_busy_server_is_chosen() {
+    let bs = [
+        Backend::start("a", None).await,
+        Backend::start("b", None).await,
+        Backend::start("c", None).await,
+    ];
+    let servers: Vec<(&Backend, &str)> = bs.iter().map(|b| (b, "mbx.test")).collect();
+    let t = proxy(&[("/", "p")], &pool("p", &servers, "tls = false"), "").await;
+    // Hold one long response open (body not read): one outstanding request.
+    let mut holder = Client::h1(addr(&t)).await;
+    let held = holder
+        .send(
+            hyper::Request::get("/big?n=104857600")
+                .header("host", "mail.example.test")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+    let busy = held.headers()["x-backend"].to_str().unwrap().to_string();
+    let mut c = Client::h1(addr(&t)).await;
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..12 {
+        let (s, _, body) = c.get("/owa/", &[]).await;
+        assert_eq!(s, 200);
+        *counts.entry(backend_of(&body)).or_insert(0) += 1;
+    }
+    assert!(
+        !counts.contains_key(&busy),
+        "{busy} got requests: {counts:?}"
+    );
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    drop(held);
+    t.server.shutdown().await;
+}

@@ -261,7 +261,7 @@ async fn respond(
         }
     } else if parts.method.as_str() == "RPC_OUT_DATA" || path.starts_with("/big") {
         resp = Response::new(Zeros::boxed(query_n(&parts.uri)));
-    } else if path.starts_with("/ntlm") {
+    } else if path.contains("ntlm") {
         // A connection-oriented handshake: type 1 -> 401 challenge,
         // type 3 -> authenticated; later requests on the same connection
         // need no header.
