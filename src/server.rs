@@ -71,6 +71,7 @@ pub struct RunningServer {
     shutdown: Shutdown,
     grace: Duration,
     protolog: ProtocolLog,
+    proxy_log: ProtocolLog,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -217,15 +218,15 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
             )));
         }
     }
-    let (proxy_listeners, proxy_pools) = match &tls_state {
+    let (proxy_listeners, proxy_pools, proxy_log) = match &tls_state {
         Some((certificates, store)) if !cfg.proxy.is_empty() => {
             let cas = crate::proxy::store_ca_certificates(store);
             let proxy =
                 crate::proxy::start(&cfg, certificates, &cas, &hostname, &shutdown, bind).await?;
             accept_tasks.extend(proxy.tasks);
-            (proxy.listeners, proxy.pools)
+            (proxy.listeners, proxy.pools, proxy.log)
         }
-        _ => (Vec::new(), Vec::new()),
+        _ => (Vec::new(), Vec::new(), ProtocolLog::disabled()),
     };
     let certificates = tls_state.map(|(certificates, store)| {
         accept_tasks.push(tokio::spawn(certificates.clone().watch(
@@ -240,6 +241,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
         listeners,
         proxy_listeners,
         proxy_pools,
+        proxy_log,
         queue,
         shutdown,
         grace: cfg.server.shutdown_grace.0,
@@ -281,6 +283,7 @@ impl RunningServer {
         }
         self.queue.sync().await;
         self.protolog.flush();
+        self.proxy_log.flush();
     }
 }
 

@@ -512,3 +512,80 @@ async fn without_anchor_the_least_busy_server_is_chosen() {
     drop(held);
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_request_is_in_the_httpproxy_log() {
+    let b = Backend::start("mbx", None).await;
+    let t = proxy(
+        &[("/owa", "p"), ("/ews", "empty")],
+        &format!(
+            "{}\n[[backend_pool]]\nname = \"empty\"\n",
+            pool("p", &[(&b, "mbx.test")], "tls = false")
+        ),
+        "",
+    )
+    .await;
+    let mut c = Client::h1(addr(&t)).await;
+    let (s, h, _) = c
+        .get(
+            "/owa/big?n=5000",
+            &[
+                ("x-anchormailbox", "alice@example.test"),
+                ("authorization", "Basic dTpw"),
+                ("user-agent", "Outlook, \"test\""),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let first_id = h["request-id"].to_str().unwrap().to_string();
+    assert_eq!(c.get("/ews/x", &[]).await.0, 503);
+    let dir = t.data_dir().join("log/protocol/HttpProxy");
+    let data_dir = t.dir;
+    t.server.shutdown().await;
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        name.starts_with("HttpProxy_") && name.ends_with("-1.LOG"),
+        "{name}"
+    );
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("#Log-type: HttpProxy Logs\r\n"), "{text}");
+    let fields_line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#Fields: "))
+        .unwrap();
+    let names: Vec<&str> = fields_line.split(',').collect();
+    assert_eq!(names[0], "DateTime");
+    let records: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| gatehouse::protolog::split_csv(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{text}");
+    let col = |r: &Vec<String>, n: &str| r[names.iter().position(|x| *x == n).unwrap()].clone();
+    let ok = &records[0];
+    assert_eq!(ok.len(), names.len());
+    assert_eq!(col(ok, "RequestId"), first_id);
+    assert_eq!(col(ok, "Protocol"), "Owa");
+    assert_eq!(col(ok, "UrlStem"), "/owa/big");
+    assert_eq!(col(ok, "UrlQuery"), "?n=5000");
+    assert_eq!(col(ok, "Method"), "GET");
+    assert_eq!(col(ok, "HttpStatus"), "200");
+    assert_eq!(col(ok, "BackEndStatus"), "200");
+    assert_eq!(col(ok, "TargetServer"), b.addr.to_string());
+    assert_eq!(col(ok, "AnchorMailbox"), "alice@example.test");
+    assert_eq!(col(ok, "RoutingType"), "AnchorMailbox");
+    assert_eq!(col(ok, "AuthenticationType"), "Basic");
+    assert_eq!(col(ok, "UserAgent"), "Outlook, \"test\"");
+    assert_eq!(col(ok, "ClientIpAddress"), "127.0.0.1");
+    assert_eq!(col(ok, "ResponseBytes"), "5000");
+    let failed = &records[1];
+    assert_eq!(col(failed, "HttpStatus"), "503");
+    assert_eq!(col(failed, "ErrorCode"), "NoHealthyServer");
+    assert_eq!(col(failed, "Protocol"), "Ews");
+    drop(data_dir);
+}

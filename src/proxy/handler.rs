@@ -14,7 +14,7 @@
 //! event naming the backend (rate-limited per backend and reason).
 
 use super::backend::{BackendFailure, FailureReason, Sender};
-use super::body::{ProxyBody, StreamError, Streamed, full};
+use super::body::{OnEnd, ProxyBody, StreamError, Streamed, full};
 use super::headers::{self, HeadRefusal};
 use super::log::{ProxyLog, RequestRecord};
 use super::pool::{Lease, Pool, Server};
@@ -96,17 +96,47 @@ pub async fn handle(
     conn: Arc<ClientConn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
     let mut rec = RequestRecord::new(request_id(), conn.peer.ip(), &req, &l.server_host);
-    let resp = proxy(&l, &conn, req, &mut rec).await;
-    let mut resp = resp.unwrap_or_else(|p| p);
-    if let Ok(v) = HeaderValue::from_str(&rec.request_id) {
+    let id = HeaderValue::from_str(&rec.request_id).ok();
+    let mut resp = match proxy(&l, &conn, req, &mut rec).await {
+        // Logged by `Finish` when the response body ends.
+        Ok(resp) => resp,
+        Err(page) => {
+            rec.status = page.status().as_u16();
+            rec.total = rec.started.elapsed();
+            l.log.write(&rec);
+            page
+        }
+    };
+    if let Some(v) = id {
         resp.headers_mut().insert("request-id", v);
     }
-    rec.status = resp.status().as_u16();
-    rec.total = started.elapsed();
-    l.log.write(rec);
     Ok(resp)
+}
+
+/// Runs when a proxied response body ends: returns the backend
+/// connection (the lease) and writes the log record with the final byte
+/// counts and total time.
+struct Finish {
+    lease: Lease,
+    rec: RequestRecord,
+    log: ProxyLog,
+}
+
+impl OnEnd for Finish {
+    fn finish(self: Box<Self>, complete: bool) {
+        let Finish {
+            lease,
+            mut rec,
+            log,
+        } = *self;
+        Box::new(lease).finish(complete);
+        if !complete && rec.error_code.is_empty() {
+            rec.error_code = "ResponseIncomplete".into();
+        }
+        rec.total = rec.started.elapsed();
+        log.write(&rec);
+    }
 }
 
 type Page = Response<ProxyBody>;
@@ -242,14 +272,20 @@ async fn proxy(
         Ok((resp, lease)) => {
             let (mut rparts, rbody) = resp.into_parts();
             rec.backend_status = rparts.status.as_u16();
+            rec.status = rec.backend_status;
             headers::remove_hop_by_hop(&mut rparts.headers);
+            let finish = Finish {
+                lease,
+                rec: std::mem::take(rec),
+                log: l.log.clone(),
+            };
             let body = Streamed::new(
                 rbody,
                 u64::MAX,
                 l.channel_idle_timeout,
-                rec.response_bytes.clone(),
+                finish.rec.response_bytes.clone(),
             )
-            .on_end(Box::new(lease))
+            .on_end(Box::new(finish))
             .checked()
             .boxed_unsync();
             Ok(Response::from_parts(rparts, body))
@@ -286,6 +322,7 @@ async fn proxy(
         Err(Failure::Backend(f, server)) => {
             rec.error_code = f.reason.code().into();
             rec.target_server = server.clone();
+            rec.generic_errors = format!("{}: {}", f.reason.as_str(), f.detail);
             report_failure(&pool, &server, &f);
             let status = if f.reason == FailureReason::Timeout {
                 StatusCode::GATEWAY_TIMEOUT
@@ -317,6 +354,12 @@ async fn send_pooled(
     rec: &mut RequestRecord,
 ) -> Result<(Response<Incoming>, Lease), Failure> {
     let server = pool.choose(anchor).ok_or(Failure::NoServer)?;
+    rec.routing_type = if anchor.is_some() {
+        "AnchorMailbox"
+    } else {
+        "LeastOutstanding"
+    }
+    .into();
     rec.target_server = server.endpoint.display.clone();
     rec.outstanding = server.outstanding();
     let display = server.endpoint.display.clone();
@@ -405,6 +448,7 @@ async fn send_pinned(
         return Err(Failure::NoServer);
     };
     let lease = Lease::hold(p.server.clone(), true);
+    rec.routing_type = "Pinned".into();
     rec.target_server = p.server.endpoint.display.clone();
     let display = rec.target_server.clone();
     let req = backend_request(parts, body, pool, &p.server, client_host.as_deref());

@@ -5,14 +5,15 @@
 //! target server, status, backend status, latencies, bytes, anchor
 //! mailbox, authentication type, error code).
 
+use crate::protolog::{ProtocolLog, push_csv_field};
 use hyper::Request;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 /// One request's columns.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestRecord {
     pub request_id: String,
     pub protocol: String,
@@ -29,11 +30,47 @@ pub struct RequestRecord {
     pub error_code: String,
     pub anchor: String,
     pub auth_type: String,
+    pub client_request_id: String,
+    /// `AnchorMailbox`, `LeastOutstanding` or `Pinned`.
+    pub routing_type: String,
+    pub generic_errors: String,
     pub outstanding: usize,
     pub request_bytes: Arc<AtomicU64>,
     pub response_bytes: Arc<AtomicU64>,
     pub backend_latency: Duration,
     pub total: Duration,
+    pub started: Instant,
+}
+
+impl Default for RequestRecord {
+    fn default() -> Self {
+        RequestRecord {
+            request_id: String::new(),
+            protocol: String::new(),
+            url_host: String::new(),
+            url_stem: String::new(),
+            url_query: String::new(),
+            method: String::new(),
+            client_ip: String::new(),
+            user_agent: String::new(),
+            server_host: String::new(),
+            target_server: String::new(),
+            status: 0,
+            backend_status: 0,
+            error_code: String::new(),
+            anchor: String::new(),
+            auth_type: String::new(),
+            client_request_id: String::new(),
+            routing_type: String::new(),
+            generic_errors: String::new(),
+            outstanding: 0,
+            request_bytes: Arc::default(),
+            response_bytes: Arc::default(),
+            backend_latency: Duration::ZERO,
+            total: Duration::ZERO,
+            started: Instant::now(),
+        }
+    }
 }
 
 impl RequestRecord {
@@ -68,20 +105,185 @@ impl RequestRecord {
             method: req.method().as_str().to_string(),
             client_ip: client.to_string(),
             user_agent: header(hyper::header::USER_AGENT),
+            client_request_id: header(hyper::header::HeaderName::from_static("client-request-id")),
             server_host: server_host.to_string(),
             ..Default::default()
         }
     }
 }
 
-/// Where finished records go.
-#[derive(Clone, Default)]
-pub struct ProxyLog {}
+/// The HttpProxy log: a `protolog` log of kind `HttpProxy` (the same
+/// writer thread, rotation and retention as the SMTP protocol logs).
+#[derive(Clone)]
+pub struct ProxyLog {
+    log: ProtocolLog,
+}
 
 impl ProxyLog {
-    pub fn disabled() -> ProxyLog {
-        ProxyLog {}
+    pub fn new(log: ProtocolLog) -> ProxyLog {
+        ProxyLog { log }
     }
 
-    pub fn write(&self, _rec: RequestRecord) {}
+    pub fn disabled() -> ProxyLog {
+        ProxyLog {
+            log: ProtocolLog::disabled(),
+        }
+    }
+
+    /// Writes one finished request (called when its response ended).
+    pub fn write(&self, rec: &RequestRecord) {
+        if self.log.is_enabled() {
+            self.log.record(SystemTime::now(), format_record(rec));
+        }
+    }
+}
+
+/// Longest text kept per field, so a line stays far below the writer's
+/// buffer whatever the client sent.
+const MAX_FIELD: usize = 1024;
+
+fn field(out: &mut String, s: &str) {
+    let mut end = s.len().min(MAX_FIELD);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    push_csv_field(out, s.get(..end).unwrap_or(""));
+    out.push(',');
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+/// Everything after the DateTime column, in `HTTP_PROXY_FIELDS` order.
+pub fn format_record(r: &RequestRecord) -> String {
+    let mut out = String::with_capacity(512);
+    let mut version = crate::VERSION.split('.');
+    let mut v = || version.next().unwrap_or("0").to_string();
+    let (major, minor, build) = (v(), v(), v());
+    let status = |n: u16| if n == 0 { String::new() } else { n.to_string() };
+    let columns: [&str; 73] = [
+        &r.request_id,
+        &major,
+        &minor,
+        &build,
+        "0",
+        &r.client_request_id,
+        &r.protocol,
+        &r.url_host,
+        &r.url_stem,
+        "",
+        &r.auth_type,
+        "",
+        "",
+        "",
+        &r.anchor,
+        &r.user_agent,
+        &r.client_ip,
+        &r.server_host,
+        &status(r.status),
+        &status(r.backend_status),
+        &r.error_code,
+        &r.method,
+        if r.target_server.is_empty() {
+            ""
+        } else {
+            "Proxy"
+        },
+        &r.target_server,
+        "",
+        &r.routing_type,
+        "",
+        "",
+        "",
+        "",
+        &r.request_bytes.load(Ordering::Relaxed).to_string(),
+        &r.response_bytes.load(Ordering::Relaxed).to_string(),
+        &r.outstanding.to_string(),
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        &ms(r.backend_latency),
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        &ms(r.total),
+        "",
+        &r.url_query,
+        "",
+        "",
+        &r.generic_errors,
+        "",
+        "",
+        "",
+        "",
+        "",
+    ];
+    for c in columns {
+        field(&mut out, c);
+    }
+    out.pop();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_has_every_column_in_order() {
+        let req = hyper::Request::builder()
+            .method("RPC_OUT_DATA")
+            .uri("/rpc/rpcproxy.dll?guid@example.test:6001")
+            .header("host", "mail.example.test")
+            .header("user-agent", "MSRPC, \"x\"")
+            .body(())
+            .unwrap();
+        let mut r = RequestRecord::new("id-1".into(), "192.0.2.9".parse().unwrap(), &req, "gh1");
+        r.protocol = "RpcHttp".into();
+        r.status = 200;
+        r.backend_status = 200;
+        r.target_server = "mbx1:443".into();
+        r.anchor = "MailboxGuid~abc".into();
+        r.total = Duration::from_millis(1500);
+        let line = format!("2026-11-23T16:00:04.114Z,{}", format_record(&r));
+        let names: Vec<&str> = crate::protolog::HTTP_PROXY_FIELDS.split(',').collect();
+        let values = crate::protolog::split_csv(&line).expect("parses");
+        assert_eq!(values.len(), names.len());
+        let get = |n: &str| values[names.iter().position(|x| *x == n).unwrap()].as_str();
+        assert_eq!(get("RequestId"), "id-1");
+        assert_eq!(get("Protocol"), "RpcHttp");
+        assert_eq!(get("UrlStem"), "/rpc/rpcproxy.dll");
+        assert_eq!(get("UrlQuery"), "?guid@example.test:6001");
+        assert_eq!(get("Method"), "RPC_OUT_DATA");
+        assert_eq!(get("UserAgent"), "MSRPC, \"x\"");
+        assert_eq!(get("ClientIpAddress"), "192.0.2.9");
+        assert_eq!(get("TargetServer"), "mbx1:443");
+        assert_eq!(get("HttpStatus"), "200");
+        assert_eq!(get("AnchorMailbox"), "MailboxGuid~abc");
+        assert_eq!(get("TotalRequestTime"), "1500");
+        assert_eq!(get("RoutingStatus"), "");
+    }
 }

@@ -51,6 +51,8 @@ pub struct RunningProxy {
     pub listeners: Vec<(String, SocketAddr)>,
     pub pools: Vec<Arc<Pool>>,
     pub tasks: Vec<JoinHandle<()>>,
+    /// The HttpProxy log (flushed at shutdown).
+    pub log: crate::protolog::ProtocolLog,
 }
 
 /// Why the proxy could not start.
@@ -67,6 +69,11 @@ pub enum ProxyStartError {
     Pool(String),
     #[error("TLS set-up failed for proxy `{0}`: {1}")]
     Tls(String, String),
+    #[error("cannot open the HttpProxy log in {path}: {source}")]
+    Log {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// CA certificates held in the certificate store (imported chains'
@@ -106,6 +113,25 @@ pub async fn start(
         pools.insert(p.name.get_ref().to_ascii_lowercase(), pool.clone());
         all_pools.push(pool);
     }
+    // One HttpProxy log for every listener that logs, next to the SMTP
+    // protocol logs and with their size and age limits.
+    let http_log = if cfg.proxy.iter().any(|p| p.log) {
+        let dir = cfg.protocol_log_dir().join("HttpProxy");
+        let log = crate::protolog::ProtocolLog::open(
+            crate::protolog::LogKind::HttpProxy,
+            crate::protolog::ProtocolLogConfig {
+                dir: dir.clone(),
+                max_file_size: cfg.protocol_log.max_file_size.0,
+                max_age: cfg.protocol_log.max_age.0,
+                max_dir_size: cfg.protocol_log.max_dir_size.0,
+            },
+            crate::VERSION,
+        )
+        .map_err(|source| ProxyStartError::Log { path: dir, source })?;
+        Some(log)
+    } else {
+        None
+    };
     let mut listeners = Vec::new();
     for p in &cfg.proxy {
         let name = p.name.get_ref().clone();
@@ -142,7 +168,10 @@ pub async fn start(
             max_rpc_body_size: p.max_rpc_body_size.0,
             request_timeout: p.request_timeout.0,
             channel_idle_timeout: p.channel_idle_timeout.0,
-            log: log::ProxyLog::disabled(),
+            log: match &http_log {
+                Some(h) if p.log => log::ProxyLog::new(h.clone()),
+                _ => log::ProxyLog::disabled(),
+            },
             server_host: hostname.to_string(),
         });
         let http = Arc::new(front::http_builder(p));
@@ -179,5 +208,6 @@ pub async fn start(
         listeners,
         pools: all_pools,
         tasks,
+        log: http_log.unwrap_or_else(crate::protolog::ProtocolLog::disabled),
     })
 }

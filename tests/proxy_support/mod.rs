@@ -259,7 +259,7 @@ async fn respond(
         if !healthy.load(Ordering::SeqCst) {
             *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
         }
-    } else if parts.method.as_str() == "RPC_OUT_DATA" || path.starts_with("/big") {
+    } else if parts.method.as_str() == "RPC_OUT_DATA" || path.contains("/big") {
         resp = Response::new(Zeros::boxed(query_n(&parts.uri)));
     } else if path.contains("ntlm") {
         // A connection-oriented handshake: type 1 -> 401 challenge,
