@@ -589,3 +589,32 @@ async fn every_request_is_in_the_httpproxy_log() {
     assert_eq!(col(failed, "Protocol"), "Ews");
     drop(data_dir);
 }
+
+#[tokio::test]
+async fn slow_backend_gets_504_and_idle_clients_are_closed() {
+    let b = Backend::start("slow", None).await;
+    let t = proxy(
+        &[("/", "p")],
+        &pool("p", &[(&b, "mbx.test")], "tls = false"),
+        "request_timeout = \"1s\"\nidle_timeout = \"1s\"",
+    )
+    .await;
+    let mut c = Client::h1(addr(&t)).await;
+    let started = std::time::Instant::now();
+    let (s, h, body) = c.get("/owa/slow", &[]).await;
+    assert_eq!(s, 504, "{body}");
+    assert_eq!(h["x-gatehouse-error"], "BackendTimeout");
+    assert!(started.elapsed() < Duration::from_millis(2900));
+    // A connection that sends nothing is closed after idle_timeout.
+    let mut idle = tls_connect(addr(&t), &[b"http/1.1"]).await;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("closed within 5 s")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    t.server.shutdown().await;
+}

@@ -4,8 +4,9 @@
 //!
 //! Limits: `max_connections` (a semaphore; beyond it new connections are
 //! closed at once), the TLS handshake and each request head within
-//! `idle_timeout` (HTTP/1.1 `header_read_timeout`, which also bounds an
-//! idle kept-alive connection), header block size (`max_buf_size` for
+//! `idle_timeout` (HTTP/1.1 `header_read_timeout`); a connection with no
+//! request in flight and no bytes moving for `idle_timeout` is closed
+//! (hyper has no such timer before the first request or for HTTP/2), header block size (`max_buf_size` for
 //! HTTP/1.1 answers 431, `max_header_list_size` for HTTP/2), header count
 //! (hyper's `max_headers`, and the handler checks HTTP/2 requests too).
 //! HTTP/2 connections are pinged every `idle_timeout / 2`.
@@ -97,17 +98,42 @@ impl Front {
                     .record_success(&crate::tls::Negotiated::from_connection(tls.get_ref().1));
                 let client = Arc::new(ClientConn::new(peer));
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let io = SniffIo::new(tls, client.both_lengths.clone(), !h2);
+                let clock = std::time::Instant::now();
+                let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let io = SniffIo::new(
+                    tls,
+                    client.both_lengths.clone(),
+                    !h2,
+                    activity.clone(),
+                    clock,
+                );
+                let idle = handler.idle_timeout;
+                let watched = client.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     handle(handler.clone(), client.clone(), req)
                 });
                 let conn = http.serve_connection(TokioIo::new(io), svc);
                 tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = token.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                // Idle: no bytes either way for `idle_timeout` and no
+                // request in flight (a quiet RPC channel is bounded by
+                // `channel_idle_timeout` instead). Checked every quarter.
+                let tick = (idle / 4).max(std::time::Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => break,
+                        _ = token.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                            break;
+                        }
+                        _ = tokio::time::sleep(tick) => {
+                            let last = activity.load(std::sync::atomic::Ordering::Relaxed);
+                            let now = clock.elapsed().as_millis() as u64;
+                            let quiet = now.saturating_sub(last);
+                            if watched.in_flight() == 0 && quiet >= idle.as_millis() as u64 {
+                                break;
+                            }
+                        }
                     }
                 }
             });

@@ -39,6 +39,7 @@ pub struct Listener {
     pub max_rpc_body_size: u64,
     pub request_timeout: Duration,
     pub channel_idle_timeout: Duration,
+    pub idle_timeout: Duration,
     pub log: ProxyLog,
     pub server_host: String,
 }
@@ -49,6 +50,8 @@ pub struct ClientConn {
     /// Set by `sniff` when a raw HTTP/1.1 head had both Content-Length
     /// and Transfer-Encoding (hyper removes the length before we see it).
     pub both_lengths: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests whose response has not ended yet.
+    in_flight: std::sync::atomic::AtomicUsize,
     pin: tokio::sync::Mutex<Option<Pinned>>,
 }
 
@@ -58,11 +61,25 @@ struct Pinned {
     sender: Sender,
 }
 
+/// Counts one request in flight on its client connection until dropped.
+struct InFlight(Arc<ClientConn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl ClientConn {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     pub fn new(peer: SocketAddr) -> ClientConn {
         ClientConn {
             peer,
             both_lengths: Arc::default(),
+            in_flight: Default::default(),
             pin: tokio::sync::Mutex::new(None),
         }
     }
@@ -96,9 +113,11 @@ pub async fn handle(
     conn: Arc<ClientConn>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    conn.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(conn.clone());
     let mut rec = RequestRecord::new(request_id(), conn.peer.ip(), &req, &l.server_host);
     let id = HeaderValue::from_str(&rec.request_id).ok();
-    let mut resp = match proxy(&l, &conn, req, &mut rec).await {
+    let mut resp = match proxy(&l, &conn, req, &mut rec, guard).await {
         // Logged by `Finish` when the response body ends.
         Ok(resp) => resp,
         Err(page) => {
@@ -118,6 +137,7 @@ pub async fn handle(
 /// connection (the lease) and writes the log record with the final byte
 /// counts and total time.
 struct Finish {
+    _in_flight: InFlight,
     lease: Lease,
     rec: RequestRecord,
     log: ProxyLog,
@@ -126,6 +146,7 @@ struct Finish {
 impl OnEnd for Finish {
     fn finish(self: Box<Self>, complete: bool) {
         let Finish {
+            _in_flight,
             lease,
             mut rec,
             log,
@@ -146,6 +167,7 @@ async fn proxy(
     conn: &ClientConn,
     req: Request<Incoming>,
     rec: &mut RequestRecord,
+    in_flight: InFlight,
 ) -> Result<Page, Page> {
     let mut head = headers::check_request_head(req.headers(), l.max_headers);
     if head.is_ok()
@@ -275,6 +297,7 @@ async fn proxy(
             rec.status = rec.backend_status;
             headers::remove_hop_by_hop(&mut rparts.headers);
             let finish = Finish {
+                _in_flight: in_flight,
                 lease,
                 rec: std::mem::take(rec),
                 log: l.log.clone(),

@@ -168,6 +168,7 @@ pub async fn start(
             max_rpc_body_size: p.max_rpc_body_size.0,
             request_timeout: p.request_timeout.0,
             channel_idle_timeout: p.channel_idle_timeout.0,
+            idle_timeout: p.idle_timeout.0,
             log: match &http_log {
                 Some(h) if p.log => log::ProxyLog::new(h.clone()),
                 _ => log::ProxyLog::disabled(),

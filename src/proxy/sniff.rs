@@ -1,4 +1,6 @@
-//! Detects an HTTP/1.1 request head carrying both Content-Length and
+//! The client connection's I/O wrapper: records when bytes last moved
+//! (for the connection idle timeout, which hyper does not apply before
+//! the first request or to HTTP/2) and detects an HTTP/1.1 request head carrying both Content-Length and
 //! Transfer-Encoding, which hyper silently repairs (it drops the length,
 //! decodes chunked and closes the connection afterwards, as RFC 9112 §6.3
 //! allows). Issue 7 wants such requests refused with 400, like the
@@ -16,8 +18,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const KEEP: usize = 20;
@@ -31,12 +34,24 @@ pub struct SniffIo<T> {
     saw_te: bool,
     /// Off for HTTP/2 (binary frames; no Transfer-Encoding there).
     enabled: bool,
+    /// Last time bytes moved either way (ms on `clock`), for the idle
+    /// timeout of the connection.
+    activity: Arc<AtomicU64>,
+    clock: Instant,
 }
 
 impl<T> SniffIo<T> {
-    pub fn new(inner: T, flag: Arc<AtomicBool>, enabled: bool) -> Self {
+    pub fn new(
+        inner: T,
+        flag: Arc<AtomicBool>,
+        enabled: bool,
+        activity: Arc<AtomicU64>,
+        clock: Instant,
+    ) -> Self {
         SniffIo {
             enabled,
+            activity,
+            clock,
             inner,
             flag,
             line: [0; KEEP],
@@ -44,6 +59,11 @@ impl<T> SniffIo<T> {
             saw_cl: false,
             saw_te: false,
         }
+    }
+
+    fn touch(&self) {
+        let ms = self.clock.elapsed().as_millis() as u64;
+        self.activity.store(ms, Ordering::Relaxed);
     }
 
     fn scan(&mut self, bytes: &[u8]) {
@@ -87,10 +107,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for SniffIo<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r
-            && self.enabled
+            && buf.filled().len() > before
         {
-            let new = buf.filled().get(before..).unwrap_or(&[]);
-            self.scan(new);
+            self.touch();
+            if self.enabled {
+                let new = buf.filled().get(before..).unwrap_or(&[]);
+                self.scan(new);
+            }
         }
         r
     }
@@ -102,7 +125,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SniffIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.touch();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -115,7 +144,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SniffIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.touch();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -128,7 +163,7 @@ mod tests {
 
     fn flagged(chunks: &[&[u8]]) -> bool {
         let flag = Arc::new(AtomicBool::new(false));
-        let mut s = SniffIo::new((), flag.clone(), true);
+        let mut s = SniffIo::new((), flag.clone(), true, Arc::default(), Instant::now());
         for c in chunks {
             s.scan(c);
         }

@@ -251,6 +251,9 @@ async fn respond(
         body_bytes: n,
     });
     let path = parts.uri.path();
+    if path.contains("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
     let mut resp = Response::new(full(format!(
         "backend={name} conn={conn} method={} uri={} bytes={n}\n",
         parts.method, parts.uri
