@@ -618,3 +618,29 @@ async fn slow_backend_gets_504_and_idle_clients_are_closed() {
     assert!(started.elapsed() >= Duration::from_millis(900));
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn backend_connections_are_reused_across_requests() {
+    let pki = Pki::new();
+    let ca = ca_file(&pki);
+    let b = Backend::start("mbx", Some(pki.leaf(&["mbx.example.test"], false))).await;
+    let t = proxy(
+        &[("/", "p")],
+        &pool(
+            "p",
+            &[(&b, "mbx.example.test")],
+            &format!("ca_file = \"{}\"", ca.path().display()),
+        ),
+        "",
+    )
+    .await;
+    let mut c1 = Client::h1(addr(&t)).await;
+    let mut c2 = Client::h2(addr(&t)).await;
+    for _ in 0..20 {
+        assert_eq!(c1.get("/owa/", &[]).await.0, 200);
+        assert_eq!(c2.get("/owa/", &[]).await.0, 200);
+    }
+    let n = b.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n <= 2, "{n} backend connections for 40 sequential requests");
+    t.server.shutdown().await;
+}

@@ -132,6 +132,11 @@ where
                 }
                 let deadline = tokio::time::Instant::now() + this.idle;
                 this.timer.as_mut().reset(deadline);
+                // hyper stops polling a body once its declared length
+                // has been sent: the final `None` may never be asked for.
+                if this.inner.is_end_stream() {
+                    this.complete = true;
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),

@@ -52,10 +52,27 @@ impl Server {
         Some(idle.swap_remove(i))
     }
 
-    fn give_back(&self, s: Sender) {
+    /// Returns a connection whose response has ended. hyper marks it
+    /// ready only once its task has finished the response, which may be a
+    /// moment later: a small task waits for that (bounded), so the idle
+    /// list only ever holds connections that can take a request at once.
+    fn give_back(self: &Arc<Self>, mut s: Sender) {
         if s.is_closed() {
             return;
         }
+        if s.is_ready() {
+            self.push_idle(s);
+            return;
+        }
+        let server = self.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), s.ready()).await {
+                server.push_idle(s);
+            }
+        });
+    }
+
+    fn push_idle(&self, s: Sender) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
             idle.push(s);
