@@ -71,7 +71,7 @@ pub struct RunningServer {
     shutdown: Shutdown,
     grace: Duration,
     protolog: ProtocolLog,
-    proxy_log: ProtocolLog,
+    proxy_log: crate::proxy::ProxyLog,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -226,7 +226,7 @@ pub async fn start(cfg: Config) -> Result<RunningServer, StartError> {
             accept_tasks.extend(proxy.tasks);
             (proxy.listeners, proxy.pools, proxy.log)
         }
-        _ => (Vec::new(), Vec::new(), ProtocolLog::disabled()),
+        _ => (Vec::new(), Vec::new(), crate::proxy::ProxyLog::disabled()),
     };
     let certificates = tls_state.map(|(certificates, store)| {
         accept_tasks.push(tokio::spawn(certificates.clone().watch(

@@ -219,19 +219,21 @@ impl ProtocolLog {
         }
     }
 
-    /// Queues one pre-formatted record of a log whose lines are not SMTP
-    /// events (the HttpProxy log): `rest` is everything after the
-    /// date-time column, fields already escaped with [`push_csv_field`].
-    pub fn record(&self, time: SystemTime, rest: String) {
+    /// Queues pre-formatted records of a log whose lines are not SMTP
+    /// events (the HttpProxy log): `lines` holds whole lines, each ending
+    /// in CRLF, fields escaped with [`push_csv_field`], at most 16 KiB
+    /// plus one line (a batch, so a busy proxy wakes the writer once per
+    /// batch rather than once per request).
+    pub fn records(&self, lines: String) {
         if let Some(shared) = &self.shared {
             shared.submit(Line {
-                time,
+                time: SystemTime::now(),
                 connector: Arc::from(""),
                 session: 0,
                 seq: 0,
                 endpoints: None,
                 event: Event::Record,
-                data: rest,
+                data: lines,
                 context: String::new(),
                 cost: 0,
             });
@@ -454,7 +456,7 @@ enum Event {
     Sent,
     Received,
     Info,
-    /// A pre-formatted record (`ProtocolLog::record`).
+    /// Pre-formatted lines (`ProtocolLog::records`).
     Record,
     /// A `#` comment line (writer notices in logs without an info event).
     Comment,
@@ -557,6 +559,9 @@ impl Drop for Shared {
         }
     }
 }
+
+/// The line ending of every protocol log file (CRLF, as Exchange's).
+pub const EOL: &str = "\r\n";
 
 /// Appends one CSV field with the protocol log's escaping (control
 /// characters become spaces, RFC 4180 quoting when needed).

@@ -34,9 +34,9 @@ const BUF_CAPACITY: usize = 64 * 1024;
 const MAX_LINE_BYTES: usize = 3 * (2 * (MAX_FIELD_BYTES + 3) + 2) + 512;
 const _: () = assert!(MAX_LINE_BYTES < BUF_CAPACITY);
 
-/// Lines end in CRLF like Exchange's own files, which is what Windows-side
-/// parsers expect; CSV readers on every platform accept it.
-const EOL: &str = "\r\n";
+// Lines end in CRLF (`super::EOL`) like Exchange's own files, which is
+// what Windows-side parsers expect; CSV readers on every platform accept it.
+use super::EOL;
 
 /// One log file being written.
 struct Current {
@@ -463,10 +463,7 @@ pub(super) fn format_line(out: &mut String, line: &Line) {
     out.clear();
     match line.event {
         Event::Record => {
-            out.push_str(&iso8601_millis(line.time));
-            out.push(',');
             out.push_str(&line.data);
-            out.push_str(EOL);
             return;
         }
         Event::Comment => {

@@ -5,11 +5,11 @@
 //! target server, status, backend status, latencies, bytes, anchor
 //! mailbox, authentication type, error code).
 
-use crate::protolog::{ProtocolLog, push_csv_field};
+use crate::protolog::{EOL, ProtocolLog, push_csv_field};
 use hyper::Request;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// One request's columns.
@@ -114,27 +114,78 @@ impl RequestRecord {
 
 /// The HttpProxy log: a `protolog` log of kind `HttpProxy` (the same
 /// writer thread, rotation and retention as the SMTP protocol logs).
+/// Lines are batched (up to `BATCH_BYTES`, or `BATCH_DELAY`) so a busy
+/// proxy hands the writer thread one message per batch: waking it per
+/// request cost a sixth of the proxy's CPU in the benchmark.
 #[derive(Clone)]
 pub struct ProxyLog {
     log: ProtocolLog,
+    batch: Arc<Mutex<String>>,
 }
 
+const BATCH_BYTES: usize = 16 * 1024;
+const BATCH_DELAY: Duration = Duration::from_millis(200);
+
 impl ProxyLog {
+    /// Needs a Tokio runtime: starts the task that sends a partial batch
+    /// after `BATCH_DELAY`; it ends when the last handle is dropped.
     pub fn new(log: ProtocolLog) -> ProxyLog {
-        ProxyLog { log }
+        let this = ProxyLog {
+            log,
+            batch: Arc::new(Mutex::new(String::new())),
+        };
+        let weak = Arc::downgrade(&this.batch);
+        let log = this.log.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(BATCH_DELAY).await;
+                let Some(batch) = weak.upgrade() else { return };
+                send(&log, &batch);
+            }
+        });
+        this
     }
 
     pub fn disabled() -> ProxyLog {
         ProxyLog {
             log: ProtocolLog::disabled(),
+            batch: Arc::default(),
         }
     }
 
-    /// Writes one finished request (called when its response ended).
+    /// Queues one finished request (called when its response ended).
     pub fn write(&self, rec: &RequestRecord) {
-        if self.log.is_enabled() {
-            self.log.record(SystemTime::now(), format_record(rec));
+        if !self.log.is_enabled() {
+            return;
         }
+        let line = format!(
+            "{},{}{EOL}",
+            crate::timefmt::iso8601_millis(SystemTime::now()),
+            format_record(rec)
+        );
+        let full = {
+            let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            b.push_str(&line);
+            (b.len() >= BATCH_BYTES).then(|| std::mem::take(&mut *b))
+        };
+        if let Some(text) = full {
+            self.log.records(text);
+        }
+    }
+
+    /// Sends the partial batch and waits until the writer has it on disk
+    /// (shutdown, tests). Blocks: not for async worker threads in a hot
+    /// path.
+    pub fn flush(&self) {
+        send(&self.log, &self.batch);
+        self.log.flush();
+    }
+}
+
+fn send(log: &ProtocolLog, batch: &Mutex<String>) {
+    let text = std::mem::take(&mut *batch.lock().unwrap_or_else(|e| e.into_inner()));
+    if !text.is_empty() {
+        log.records(text);
     }
 }
 

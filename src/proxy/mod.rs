@@ -33,6 +33,7 @@ mod routes;
 mod sniff;
 
 pub use backend::FailureReason;
+pub use log::ProxyLog;
 pub use pool::Pool;
 
 use crate::certs::{CertStore, Service};
@@ -52,7 +53,7 @@ pub struct RunningProxy {
     pub pools: Vec<Arc<Pool>>,
     pub tasks: Vec<JoinHandle<()>>,
     /// The HttpProxy log (flushed at shutdown).
-    pub log: crate::protolog::ProtocolLog,
+    pub log: ProxyLog,
 }
 
 /// Why the proxy could not start.
@@ -128,7 +129,7 @@ pub async fn start(
             crate::VERSION,
         )
         .map_err(|source| ProxyStartError::Log { path: dir, source })?;
-        Some(log)
+        Some(ProxyLog::new(log))
     } else {
         None
     };
@@ -170,8 +171,8 @@ pub async fn start(
             channel_idle_timeout: p.channel_idle_timeout.0,
             idle_timeout: p.idle_timeout.0,
             log: match &http_log {
-                Some(h) if p.log => log::ProxyLog::new(h.clone()),
-                _ => log::ProxyLog::disabled(),
+                Some(h) if p.log => h.clone(),
+                _ => ProxyLog::disabled(),
             },
             server_host: hostname.to_string(),
         });
@@ -209,6 +210,6 @@ pub async fn start(
         listeners,
         pools: all_pools,
         tasks,
-        log: http_log.unwrap_or_else(crate::protolog::ProtocolLog::disabled),
+        log: http_log.unwrap_or_else(ProxyLog::disabled),
     })
 }
