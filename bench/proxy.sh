@@ -190,8 +190,8 @@ def ms(v):
     n, u = float(m.group(1)), m.group(2)
     return {"us": n / 1000, "ms": n, "s": n * 1000, "m": n * 60000}[u]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", t).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", t).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1))
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
 if errs: sys.exit("non-2xx responses: " + errs.group(1))
 print(f"{rps:.0f} {p50:.2f} {p99:.2f}")

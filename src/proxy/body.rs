@@ -63,7 +63,11 @@ pub struct Streamed<B> {
     limit: u64,
     seen: u64,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the last frame passed; the timer is only armed (lazily, from
+    /// this instant) while the body waits, so a body whose frames are
+    /// ready at once never touches the timer wheel.
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     counter: Arc<AtomicU64>,
     on_end: Option<Box<dyn OnEnd>>,
     complete: bool,
@@ -76,7 +80,8 @@ impl<B> Streamed<B> {
             limit,
             seen: 0,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            last: tokio::time::Instant::now(),
+            timer: None,
             counter,
             on_end: None,
             complete: false,
@@ -130,8 +135,7 @@ where
                         return Poll::Ready(Some(Err(Box::new(StreamError::TooLarge(this.limit)))));
                     }
                 }
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                this.last = tokio::time::Instant::now();
                 // hyper stops polling a body once its declared length
                 // has been sent: the final `None` may never be asked for.
                 if this.inner.is_end_stream() {
@@ -144,10 +148,21 @@ where
                 this.complete = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamError::Idle(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let deadline = this.last + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(Box::new(StreamError::Idle(this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -159,5 +174,54 @@ where
         // The exact length passes through, so the backend (and the
         // client) see the declared Content-Length, not chunking.
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One frame, then silence.
+    struct Stalls(bool);
+
+    impl Body for Stalls {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                Poll::Pending
+            } else {
+                self.0 = true;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"abc")))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_body_ends_after_the_idle_timeout() {
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut b = Streamed::new(
+            Stalls(false),
+            10,
+            Duration::from_millis(150),
+            counter.clone(),
+        );
+        let start = tokio::time::Instant::now();
+        assert!(b.frame().await.unwrap().is_ok());
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("channel idle timeout"), "{err}");
+        assert!(start.elapsed() >= Duration::from_millis(150));
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(counter.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_cut() {
+        let mut b = Streamed::new(Stalls(false), 2, Duration::from_secs(5), Arc::default());
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("limit of 2 bytes"), "{err}");
     }
 }

@@ -96,6 +96,8 @@ enum Failure {
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn request_id() -> String {
+    // getpid is a system call: once is enough.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -104,7 +106,7 @@ fn request_id() -> String {
     format!(
         "{:08x}-{:04x}-{n:012x}",
         t as u32,
-        std::process::id() & 0xffff
+        *PID.get_or_init(std::process::id) & 0xffff
     )
 }
 
