@@ -118,7 +118,7 @@ fn signs(store: &CertStore, sha1: &str) -> bool {
 }
 
 #[test]
-fn ensure_default_creates_one_p256_server_certificate_for_smtp() {
+fn ensure_default_creates_one_p256_server_certificate_for_smtp_and_https() {
     let (tmp, store) = store();
     assert_eq!(mode(&tmp.path().join("certs")), 0o700);
     let thumb = store.ensure_default("mx.example.test").unwrap().unwrap();
@@ -165,7 +165,7 @@ fn ensure_default_creates_one_p256_server_certificate_for_smtp() {
     }
     assert!(saw_bc && saw_eku);
     let meta = std::fs::read_to_string(dir.join("meta.json")).unwrap();
-    assert!(meta.contains("\"services\": \"smtp\""), "{meta}");
+    assert!(meta.contains("\"services\": \"smtp,https\""), "{meta}");
     assert!(meta.contains("\"default\": true"), "{meta}");
     assert!(meta.contains("imported_at"), "{meta}");
     assert!(signs(&store, &c.sha1));
