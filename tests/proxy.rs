@@ -644,3 +644,33 @@ async fn backend_connections_are_reused_across_requests() {
     assert!(n <= 2, "{n} backend connections for 40 sequential requests");
     t.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_the_request_in_flight_finish_and_refuses_new_connections() {
+    let b = Backend::start("slow", None).await;
+    let t = proxy(
+        &[("/", "p")],
+        &pool("p", &[(&b, "mbx.test")], "tls = false"),
+        "",
+    )
+    .await;
+    let a = addr(&t);
+    let mut c = Client::h1(a).await;
+    let in_flight = tokio::spawn(async move { c.get("/owa/slow", &[]).await });
+    // Let the request reach the backend, then stop the server.
+    let start = std::time::Instant::now();
+    while b.requests().is_empty() && b.connections.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = tokio::spawn(t.server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(a).await.is_err(),
+        "the listener still accepts during shutdown"
+    );
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("uri=/owa/slow"), "{body}");
+    stopping.await.unwrap();
+}

@@ -198,6 +198,15 @@ async fn proxy(
         // The framing cannot be trusted: close after answering.
         return Err(with_close(page(status, why, code)));
     }
+    // A reverse proxy for mail services: no tunnels to arbitrary hosts.
+    if req.method() == hyper::Method::CONNECT {
+        rec.error_code = "MethodNotAllowed".into();
+        return Err(page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not proxied",
+            "MethodNotAllowed",
+        ));
+    }
     let Some(route) = l.routes.find(req.uri().path()) else {
         rec.error_code = "NoRoute".into();
         return Err(page(
