@@ -100,10 +100,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// client at `client` that asked for `host`.
 pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
     let ip = client.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
-    };
+    let xff = append_list(headers, "x-forwarded-for", ip.clone());
     insert(headers, "x-forwarded-for", &xff);
     insert(headers, "x-forwarded-proto", "https");
     // RFC 7239 §6: IPv6 addresses are quoted and bracketed.
@@ -121,11 +118,22 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str
             fwd.push_str(h);
         }
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {fwd}"),
-        _ => fwd,
-    };
+    let forwarded = append_list(headers, "forwarded", fwd);
     insert(headers, "forwarded", &forwarded);
+}
+
+/// Every line of a list-valued field (several lines form one list, RFC
+/// 9110 §5.3) followed by `last`.
+fn append_list(headers: &HeaderMap, name: &'static str, last: String) -> String {
+    let mut out: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    out.push(&last);
+    out.join(", ")
 }
 
 fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
@@ -304,9 +312,12 @@ mod tests {
 
     #[test]
     fn forwarded_headers_append() {
-        let mut m = map(&[("x-forwarded-for", "192.0.2.1")]);
+        let mut m = map(&[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ]);
         add_forwarding(&mut m, "::1".parse().unwrap(), Some("mail.example.test"));
-        assert_eq!(m["x-forwarded-for"], "192.0.2.1, ::1");
+        assert_eq!(m["x-forwarded-for"], "192.0.2.1, 198.51.100.2, ::1");
         assert_eq!(
             m["forwarded"],
             "for=\"[::1]\";proto=https;host=mail.example.test"
