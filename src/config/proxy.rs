@@ -318,3 +318,48 @@ pub(super) fn validate(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigSource, DEFAULT_CONFIG};
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::from_source(&ConfigSource {
+            name: "t.toml".into(),
+            text: format!("{DEFAULT_CONFIG}\n{extra}"),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn default_has_a_proxy_on_8443_routing_to_an_empty_pool() {
+        let cfg = parse("").unwrap();
+        assert_eq!(
+            cfg.proxy[0].listen[0].get_ref().to_string(),
+            "127.0.0.1:8443"
+        );
+        assert!(
+            cfg.proxy[0]
+                .routes
+                .iter()
+                .any(|r| r.prefix.get_ref() == "/rpc")
+        );
+        assert!(cfg.backend_pool[0].servers.is_empty());
+    }
+
+    #[test]
+    fn route_to_unknown_pool_and_bad_server_point_at_the_value() {
+        let text = "[[proxy]]\nname = \"P2\"\nlisten = [\"127.0.0.1:0\"]\n[[proxy.route]]\nprefix = \"/owa\"\npool = \"nope\"\n[[backend_pool]]\nname = \"b\"\n[[backend_pool.server]]\naddress = \"no-port\"\n";
+        let e = parse(text).unwrap_err();
+        let lines = DEFAULT_CONFIG.lines().count() + 1;
+        assert!(e.contains("route to unknown pool `nope`"), "{e}");
+        assert!(e.contains(&format!("t.toml:{}:", lines + 6)), "{e}");
+        assert!(e.contains("`no-port` is not host:port"), "{e}");
+    }
+
+    #[test]
+    fn unknown_proxy_key_is_an_error() {
+        let e = parse("[[proxy]]\nname = \"P2\"\nlisten = []\nmax_header = 5\n").unwrap_err();
+        assert!(e.contains("unknown field `max_header`"), "{e}");
+    }
+}
