@@ -674,3 +674,72 @@ async fn shutdown_lets_the_request_in_flight_finish_and_refuses_new_connections(
     assert!(body.contains("uri=/owa/slow"), "{body}");
     stopping.await.unwrap();
 }
+
+/// The store's CA certificates are trust anchors for backends: the
+/// intermediate of a chain imported into the store (the store keeps leaf
+/// and intermediates, not the root) makes backends issued by it trusted
+/// without any ca_file or system root.
+#[tokio::test]
+async fn ca_certificates_in_the_store_are_trusted_for_backends() {
+    let pki = Pki::new().intermediate();
+    let b = Backend::start("mbx", Some(pki.leaf(&["mbx.example.test"], false))).await;
+    let stranger = Backend::start("x", Some(Pki::new().leaf(&["mbx.example.test"], false))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    std::fs::create_dir_all(&data).unwrap();
+    // Import a front certificate issued by the same CA, with its chain.
+    let (chain, key) = pki.leaf(&["mail.example.test"], false);
+    let mut pem = String::new();
+    for c in &chain {
+        pem.push_str(&to_pem("CERTIFICATE", c.as_ref()));
+    }
+    pem.push_str(&to_pem("PRIVATE KEY", key.secret_der()));
+    let file = dir.path().join("front.pem");
+    std::fs::write(&file, pem).unwrap();
+    gatehouse::certs::CertStore::open(&data)
+        .unwrap()
+        .import(&file, None)
+        .expect("import");
+    let extra = format!(
+        "[[proxy]]\nname = \"Front\"\nlisten = [\"127.0.0.1:0\"]\n\
+         [[proxy.route]]\nprefix = \"/\"\npool = \"p\"\n\
+         [[proxy.route]]\nprefix = \"/other\"\npool = \"q\"\n{}{}",
+        pool("p", &[(&b, "mbx.example.test")], "system_roots = false"),
+        pool(
+            "q",
+            &[(&stranger, "mbx.example.test")],
+            "system_roots = false"
+        ),
+    );
+    let t = TestServer::start_in(dir, &data, "", &extra).await;
+    let mut c = Client::h1(addr(&t)).await;
+    let (s, _, body) = c.get("/owa/", &[]).await;
+    assert_eq!(s, 200, "{body}");
+    // A backend from another CA is still refused.
+    let (s, h, _) = c.get("/other/", &[]).await;
+    assert_eq!(s, 502);
+    assert_eq!(h["x-gatehouse-error"], "BackendCertificateUntrusted");
+    t.server.shutdown().await;
+}
+
+fn to_pem(label: &str, der: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.iter().fold(0u32, |a, &x| (a << 8) | x as u32) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

@@ -77,9 +77,9 @@ pub enum ProxyStartError {
     },
 }
 
-/// CA certificates held in the certificate store (imported chains'
-/// intermediates and roots, and imported CA certificates): backends are
-/// trusted when they chain to one of them.
+/// CA certificates held in the certificate store: the intermediates of
+/// imported chains (the store does not keep roots). Backends are trusted
+/// when they chain to one of them.
 pub fn store_ca_certificates(store: &CertStore) -> Vec<CertificateDer<'static>> {
     let mut out = Vec::new();
     for c in store.load().usable {

@@ -75,6 +75,8 @@ impl Body for Zeros {
 pub struct Pki {
     pub ca_pem: String,
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// Certificates above `issuer` (the root, for an intermediate).
+    above: Vec<CertificateDer<'static>>,
 }
 
 pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
@@ -90,6 +92,26 @@ impl Pki {
         Pki {
             ca_pem: issuer.pem(),
             issuer,
+            above: Vec::new(),
+        }
+    }
+
+    /// An intermediate CA under this one; its leaves' chains carry
+    /// leaf, intermediate, root.
+    pub fn intermediate(&self) -> Pki {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "Gatehouse Test Intermediate");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer =
+            CertifiedIssuer::signed_by(p, KeyPair::generate().unwrap(), &self.issuer).unwrap();
+        let mut above = vec![self.issuer.der().clone()];
+        above.extend(self.above.iter().cloned());
+        Pki {
+            ca_pem: issuer.pem(),
+            issuer,
+            above,
         }
     }
 
@@ -106,8 +128,10 @@ impl Pki {
             p.not_after = (now - Duration::from_secs(86_400)).into();
         }
         let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let mut chain = vec![cert.der().clone(), self.issuer.der().clone()];
+        chain.extend(self.above.iter().cloned());
         (
-            vec![cert.der().clone(), self.issuer.der().clone()],
+            chain,
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
     }
