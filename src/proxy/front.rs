@@ -118,10 +118,11 @@ impl Front {
                 // request in flight (a quiet RPC channel is bounded by
                 // `channel_idle_timeout` instead). Checked every quarter.
                 let tick = (idle / 4).max(std::time::Duration::from_millis(50));
+                let mut cancelled = Cancelled::new(token);
                 loop {
                     tokio::select! {
                         _ = conn.as_mut() => break,
-                        _ = token.cancelled() => {
+                        _ = &mut cancelled => {
                             conn.as_mut().graceful_shutdown();
                             let _ = conn.await;
                             break;
@@ -138,5 +139,43 @@ impl Front {
                 }
             });
         }
+    }
+}
+
+/// Resolves when the server's shutdown token is cancelled. Its first poll
+/// registers the connection task with the token; later polls are one
+/// atomic load, so the token's shared lock is not taken on every wake of
+/// every connection (a task's waker stays valid for its whole life).
+struct Cancelled {
+    token: tokio_util::sync::CancellationToken,
+    registered: Option<std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+}
+
+impl Cancelled {
+    fn new(token: tokio_util::sync::CancellationToken) -> Cancelled {
+        Cancelled {
+            token,
+            registered: None,
+        }
+    }
+}
+
+impl std::future::Future for Cancelled {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.get_mut();
+        if this.token.is_cancelled() {
+            return std::task::Poll::Ready(());
+        }
+        if this.registered.is_none() {
+            let mut fut = Box::pin(this.token.clone().cancelled_owned());
+            let r = fut.as_mut().poll(cx);
+            this.registered = Some(fut);
+            return r;
+        }
+        std::task::Poll::Pending
     }
 }
