@@ -9,6 +9,8 @@
 //!   -> acceptance policy (smtp::inbound::policy)
 //!   -> durable queue, group-committed journal (queue)
 //!   -> delivery (delivery::maildir, or a send connector later)
+//!
+//! client (HTTPS) -> proxy front (h1/h2) -> route -> backend pool (proxy)
 //! ```
 //!
 //! `server` wires the parts together; `main.rs` is only the CLI.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod events;
 pub mod protolog;
+pub mod proxy;
 pub mod queue;
 pub mod server;
 pub mod shutdown;

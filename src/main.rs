@@ -305,6 +305,16 @@ fn announce(source: &ConfigSource, cfg: &Config, server: &gatehouse::server::Run
             what.unwrap_or_default()
         );
     }
+    for (name, addr) in &server.proxy_listeners {
+        let routes = cfg
+            .proxy
+            .iter()
+            .find(|p| p.name.get_ref() == name)
+            .map_or(0, |p| p.routes.len());
+        println!(
+            "listening: https {addr} (proxy \"{name}\": HTTP/2 and HTTP/1.1, {routes} route(s); try: curl -k https://{addr}/owa/)"
+        );
+    }
     if let Some(addr) = server.admin {
         println!(
             "admin API: http://{addr}/ (bearer token in {})",

@@ -81,6 +81,8 @@ pub enum StartError {
     Queue(#[from] StorageError),
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminError),
+    #[error("{0}")]
+    Proxy(#[from] crate::proxy::ProxyStartError),
 }
 
 /// Where a reload finds the configuration again.
@@ -165,6 +167,11 @@ pub struct RunningServer {
     pub listeners: Vec<(String, SocketAddr)>,
     /// The admin API's bound address, when `[admin]` is configured.
     pub admin: Option<SocketAddr>,
+    /// (proxy name, bound address) for every `[[proxy]]` listener.
+    pub proxy_listeners: Vec<(String, SocketAddr)>,
+    /// The proxy's backend pools (tests read their counters).
+    pub proxy_pools: Vec<Arc<crate::proxy::Pool>>,
+    proxy_log: crate::proxy::ProxyLog,
     /// Shared state: reload, readiness, metrics.
     pub live: Arc<Live>,
     pub queue: Queue,
@@ -260,7 +267,10 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
         .filter(|c| c.tls)
         .map(|c| (c.name.get_ref().clone(), connector_fqdn(c, &hostname)))
         .collect();
-    let tls_state = if tls_connectors.is_empty() {
+    // The proxy listeners need the store too (service https); the list
+    // above stays the SMTP connectors', which the announcements check
+    // against service smtp.
+    let tls_state = if tls_connectors.is_empty() && cfg.proxy.is_empty() {
         None
     } else {
         Some(start_certificates(&data_dir, &hostname, &tls_connectors)?)
@@ -284,6 +294,16 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
         reloading: Mutex::new(()),
     };
     let mut accept_tasks = Vec::new();
+    let (proxy_listeners, proxy_pools, proxy_log) = match &tls_state {
+        Some((certificates, store)) if !cfg.proxy.is_empty() => {
+            let cas = crate::proxy::store_ca_certificates(store);
+            let proxy =
+                crate::proxy::start(&cfg, certificates, &cas, &hostname, &shutdown, bind).await?;
+            accept_tasks.extend(proxy.tasks);
+            (proxy.listeners, proxy.pools, proxy.log)
+        }
+        _ => (Vec::new(), Vec::new(), crate::proxy::ProxyLog::disabled()),
+    };
     let certificates = tls_state.map(|(certificates, store)| {
         accept_tasks.push(tokio::spawn(certificates.clone().watch(
             store.clone(),
@@ -330,6 +350,9 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
         certificates,
         listeners,
         admin,
+        proxy_listeners,
+        proxy_pools,
+        proxy_log,
         live,
         queue,
         shutdown,
@@ -518,6 +541,11 @@ impl Live {
         }
         if format!("{:?}", new.dns) != format!("{:?}", old.dns) {
             restart.push("[dns]".into());
+        }
+        if without_spans(&format!("{:?}", (&new.proxy, &new.backend_pool)))
+            != without_spans(&format!("{:?}", (&old.proxy, &old.backend_pool)))
+        {
+            restart.push("[[proxy]] / [[backend_pool]]".into());
         }
         let admin_of = |c: &Config| {
             c.admin
@@ -792,6 +820,14 @@ impl RunningServer {
             .map(|(_, a)| *a)
     }
 
+    /// The address of the first listener of proxy `name`.
+    pub fn proxy_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.proxy_listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
     /// Graceful stop: 421 to new and idle sessions, in-flight transactions
     /// finish (up to the grace period), then the queue and logs are synced.
     pub async fn shutdown(self) {
@@ -809,6 +845,7 @@ impl RunningServer {
         self.live.stop_listening();
         self.queue.sync().await;
         self.protolog.flush();
+        self.proxy_log.flush();
         let commits = self.queue.commit_stats();
         let (c, r) = (
             commits.commits.load(std::sync::atomic::Ordering::Relaxed),

@@ -118,7 +118,7 @@ fn signs(store: &CertStore, sha1: &str) -> bool {
 }
 
 #[test]
-fn ensure_default_creates_one_p256_server_certificate_for_smtp() {
+fn ensure_default_creates_one_p256_server_certificate_for_smtp_and_https() {
     let (tmp, store) = store();
     assert_eq!(mode(&tmp.path().join("certs")), 0o700);
     let thumb = store.ensure_default("mx.example.test").unwrap().unwrap();
@@ -135,7 +135,7 @@ fn ensure_default_creates_one_p256_server_certificate_for_smtp() {
     assert_eq!(c.subject, "CN=mx.example.test");
     assert_eq!(c.sans, vec!["mx.example.test", "mx"]);
     assert!(c.self_signed);
-    assert_eq!(c.services, Services::SMTP);
+    assert_eq!(c.services.to_string(), "smtp,https");
     assert!(c.is_default);
     let life = c.not_after.duration_since(c.not_before).unwrap();
     // Within Mozilla intermediate's 90-366 days (sslyze) and the 398-day
@@ -166,7 +166,7 @@ fn ensure_default_creates_one_p256_server_certificate_for_smtp() {
     }
     assert!(saw_bc && saw_eku);
     let meta = std::fs::read_to_string(dir.join("meta.json")).unwrap();
-    assert!(meta.contains("\"services\": \"smtp\""), "{meta}");
+    assert!(meta.contains("\"services\": \"smtp,https\""), "{meta}");
     assert!(meta.contains("\"default\": true"), "{meta}");
     assert!(meta.contains("imported_at"), "{meta}");
     assert!(signs(&store, &c.sha1));

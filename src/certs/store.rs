@@ -183,7 +183,7 @@ impl CertStore {
 
     /// First start: when the store holds no certificate at all, creates the
     /// self-signed default (ECDSA P-256, CA:FALSE, serverAuth, SANs = the
-    /// host name and its first label, 365 days), enabled for SMTP and
+    /// host name and its first label, 365 days), enabled for SMTP and HTTPS and
     /// marked default. Returns its thumbprint when it made one.
     pub fn ensure_default(&self, hostname: &str) -> Result<Option<Thumbprint>, CertError> {
         let _lock = StoreLock::acquire(&self.dir)?;
@@ -199,8 +199,13 @@ impl CertStore {
         }
         let names = generate::normalize_names(&names)?;
         let made = generate::self_signed(&names, KeyKind::EcdsaP256, SystemTime::now())?;
+        // Enabled for smtp and https, as Exchange's default certificate
+        // is for SMTP and IIS: the proxy listener needs one too.
         let meta = Meta::new(
-            Services::SMTP,
+            Services {
+                smtp: true,
+                https: true,
+            },
             true,
             Some("Gatehouse default (self-signed)".into()),
         );

@@ -13,10 +13,14 @@
 //! else the embedded default (`default.toml`).
 
 mod diagnostics;
+mod proxy;
 pub mod send;
 pub mod values;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
+pub use proxy::{
+    BackendPoolConfig, BackendServerConfig, HealthCheckConfig, ProxyConfig, RouteConfig,
+};
 pub use send::{DnsConfig, SendConnectorConfig, TlsLevel};
 pub use values::{ByteSize, Cidr, DomainName, HumanDuration};
 
@@ -100,6 +104,11 @@ pub struct Config {
     pub send_connector: Vec<SendConnectorConfig>,
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Client-access HTTPS proxy listeners (`proxy.rs`).
+    #[serde(default)]
+    pub proxy: Vec<ProxyConfig>,
+    #[serde(default)]
+    pub backend_pool: Vec<BackendPoolConfig>,
 }
 
 /// Event levels, rate limiting and the JSON lines file (SPEC 2.7).
@@ -768,6 +777,7 @@ impl Config {
                 }
             }
         }
+        proxy::validate(&self.proxy, &self.backend_pool, &mut binds, src, &mut errs);
         errs
     }
 

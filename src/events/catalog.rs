@@ -18,7 +18,7 @@ catalog! {
         exchange: [],
         fields: { thumbprint: &'a str, hostname: &'a str },
         key: [thumbprint],
-        message: "created the self-signed default certificate {thumbprint} for {hostname}, enabled for smtp",
+        message: "created the self-signed default certificate {thumbprint} for {hostname}, enabled for smtp and https",
         explanation: "At first start with a TLS listener and an empty certificate store, Gatehouse creates a self-signed certificate so STARTTLS works at once. Peers that verify certificates will not trust it.",
         action: "Import a CA-issued certificate for the host name (`gatehouse cert import`) and enable it for smtp (`gatehouse cert enable THUMBPRINT --services smtp`).",
     }
@@ -273,6 +273,76 @@ catalog! {
         message: "a queued message was removed by an operator: {detail}",
         explanation: "An operator deleted or bounced a queued message.",
         action: "Nothing: this records an operator action (`gatehouse queue delete|bounce`).",
+    }
+
+    /// The proxy refused a backend's certificate (OWA's event 43).
+    ProxyBackendTrustFailure<'a> {
+        id: 4001,
+        category: Proxy,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [43],
+        fields: { pool: &'a str, backend: &'a str, reason: &'a str, thumbprint: &'a str, detail: &'a str },
+        key: [backend, reason],
+        message: "pool `{pool}`: backend {backend} refused: {reason}; certificate {thumbprint}; {detail}",
+        explanation: "The proxy verifies backend certificates (chain and name) by default, and this backend's certificate failed: its issuer is not trusted, it expired, or it does not name the backend. Clients get a 502 page naming the reason (header X-Gatehouse-Error). Exchange reports the same situation as OWA event 43 / ProxyErrorSslTrustFailure.",
+        action: "Install a certificate from a trusted CA on the backend, add its CA with the pool's ca_file, set tls_name to a name the certificate holds, or (internal backends only) set allow_internal_untrusted_certs = true on the pool.",
+    }
+
+    /// The proxy could not reach a backend.
+    ProxyBackendUnavailable<'a> {
+        id: 4002,
+        category: Proxy,
+        level: Error,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { pool: &'a str, backend: &'a str, reason: &'a str, thumbprint: &'a str, detail: &'a str },
+        key: [backend, reason],
+        message: "pool `{pool}`: backend {backend} unavailable: {reason}; certificate {thumbprint}; {detail}",
+        explanation: "A request could not be proxied: the backend refused the connection, timed out, or spoke something other than the expected protocol. Clients get a 502 or 504 page naming the reason.",
+        action: "Check that the backend runs and listens on the configured address and speaks HTTPS (or set tls = false on the pool for plain HTTP); `gatehouse tls probe https://HOST:PORT` shows its TLS side.",
+    }
+
+    /// A pool runs without backend certificate verification.
+    ProxyUntrustedCertsAllowed<'a> {
+        id: 4003,
+        category: Proxy,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { pool: &'a str },
+        key: [pool],
+        message: "backend pool `{pool}`: allow_internal_untrusted_certs = true; backend certificates are not verified for this pool",
+        explanation: "With the opt-out, anyone on the path between the proxy and these backends can read and change client traffic, credentials included. Each request through the pool is counted.",
+        action: "Give the backends certificates from a CA the proxy trusts (or add the CA with ca_file) and remove allow_internal_untrusted_certs.",
+    }
+
+    /// A backend failed its health checks.
+    ProxyBackendDown<'a> {
+        id: 4004,
+        category: Proxy,
+        level: Warning,
+        verbosity: Lowest,
+        exchange: [],
+        fields: { pool: &'a str, backend: &'a str, failures: u32, path: &'a str, why: &'a str },
+        key: [backend],
+        message: "pool `{pool}`: backend {backend} failed {failures} health check(s) of {path}: {why}",
+        explanation: "The backend receives no new requests; mailboxes anchored on it are re-hashed over the healthy servers until it recovers.",
+        action: "Check the backend (service running, the health path answering 2xx); it comes back by itself after `rise` good checks.",
+    }
+
+    /// A backend passes its health checks again.
+    ProxyBackendUp<'a> {
+        id: 4005,
+        category: Proxy,
+        level: Information,
+        verbosity: Low,
+        exchange: [],
+        fields: { pool: &'a str, backend: &'a str },
+        key: [backend],
+        message: "pool `{pool}`: backend {backend} is healthy again",
+        explanation: "The backend passed `rise` health checks in a row and receives requests again.",
+        action: "Nothing.",
     }
 
     /// Recovery found a queue record it cannot trust.

@@ -71,6 +71,10 @@ const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 const MAX_FIELD_BYTES: usize = 4096;
 /// The `#Fields:` header value, also the column order of every line.
 const FIELDS: &str = "date-time,connector-id,session-id,sequence-number,local-endpoint,remote-endpoint,event,data,context";
+/// The `#Fields:` of the HttpProxy log (exchange-tls.md §4.2, from an
+/// Exchange 2016 CU log): the proxy fills the columns it knows and leaves
+/// the others empty, so parsers that index by position still line up.
+pub const HTTP_PROXY_FIELDS: &str = "DateTime,RequestId,MajorVersion,MinorVersion,BuildVersion,RevisionVersion,ClientRequestId,Protocol,UrlHost,UrlStem,ProtocolAction,AuthenticationType,IsAuthenticated,AuthenticatedUser,Organization,AnchorMailbox,UserAgent,ClientIpAddress,ServerHostName,HttpStatus,BackEndStatus,ErrorCode,Method,ProxyAction,TargetServer,TargetServerVersion,RoutingType,RoutingHint,BackEndCookie,ServerLocatorHost,ServerLocatorLatency,RequestBytes,ResponseBytes,TargetOutstandingRequests,AuthModulePerfContext,HttpPipelineLatency,CalculateTargetBackEndLatency,GlsLatencyBreakup,TotalGlsLatency,AccountForestLatencyBreakup,TotalAccountForestLatency,ResourceForestLatencyBreakup,TotalResourceForestLatency,ADLatency,SharedCacheLatencyBreakup,TotalSharedCacheLatency,ActivityContextLifeTime,ModuleToHandlerSwitchingLatency,ClientReqStreamLatency,BackendReqInitLatency,BackendReqStreamLatency,BackendProcessingLatency,BackendRespInitLatency,BackendRespStreamLatency,ClientRespStreamLatency,KerberosAuthHeaderLatency,HandlerCompletionLatency,RequestHandlerLatency,HandlerToModuleSwitchingLatency,ProxyTime,CoreLatency,RoutingLatency,HttpProxyOverhead,TotalRequestTime,RouteRefresherLatency,UrlQuery,BackEndGenericInfo,GenericInfo,GenericErrors,EdgeTraceId,DatabaseGuid,UserADObjectGuid,PartitionEndpointLookupLatency,RoutingStatus";
 
 /// Which of Exchange's two protocol logs a [`ProtocolLog`] writes: it picks
 /// the file prefix (`RECV`/`SEND`) and the `#Log-type:` header, and keeps
@@ -81,12 +85,16 @@ pub enum LogKind {
     Receive,
     /// Outbound SMTP (`SEND…LOG`, "SMTP Send Protocol Log").
     Send,
+    /// The proxy's per-request log (`HttpProxy_…LOG`, "HttpProxy Logs");
+    /// its lines come pre-formatted through [`ProtocolLog::record`].
+    HttpProxy,
 }
 
 impl LogKind {
     fn file_prefix(self) -> &'static str {
         match self {
             LogKind::Receive => "RECV",
+            LogKind::HttpProxy => "HttpProxy_",
             LogKind::Send => "SEND",
         }
     }
@@ -95,6 +103,14 @@ impl LogKind {
         match self {
             LogKind::Receive => "SMTP Receive Protocol Log",
             LogKind::Send => "SMTP Send Protocol Log",
+            LogKind::HttpProxy => "HttpProxy Logs",
+        }
+    }
+
+    fn fields(self) -> &'static str {
+        match self {
+            LogKind::HttpProxy => HTTP_PROXY_FIELDS,
+            LogKind::Receive | LogKind::Send => FIELDS,
         }
     }
 }
@@ -158,6 +174,7 @@ impl ProtocolLog {
         let name = match kind {
             LogKind::Receive => "protolog-recv",
             LogKind::Send => "protolog-send",
+            LogKind::HttpProxy => "protolog-http",
         };
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
@@ -199,6 +216,27 @@ impl ProtocolLog {
                 local,
                 remote,
             }),
+        }
+    }
+
+    /// Queues pre-formatted records of a log whose lines are not SMTP
+    /// events (the HttpProxy log): `lines` holds whole lines, each ending
+    /// in CRLF, fields escaped with [`push_csv_field`], at most 16 KiB
+    /// plus one line (a batch, so a busy proxy wakes the writer once per
+    /// batch rather than once per request).
+    pub fn records(&self, lines: String) {
+        if let Some(shared) = &self.shared {
+            shared.submit(Line {
+                time: SystemTime::now(),
+                connector: Arc::from(""),
+                session: 0,
+                seq: 0,
+                endpoints: None,
+                event: Event::Record,
+                data: lines,
+                context: String::new(),
+                cost: 0,
+            });
         }
     }
 
@@ -370,7 +408,8 @@ pub fn parse_line(line: &str) -> Option<Record> {
 }
 
 /// RFC 4180 fields of one line; `None` on a stray or unterminated quote.
-fn split_csv(line: &str) -> Option<Vec<String>> {
+/// Also reads HttpProxy log lines (`HTTP_PROXY_FIELDS` order).
+pub fn split_csv(line: &str) -> Option<Vec<String>> {
     let mut fields = Vec::with_capacity(9);
     let mut chars = line.chars().peekable();
     loop {
@@ -417,6 +456,10 @@ enum Event {
     Sent,
     Received,
     Info,
+    /// Pre-formatted lines (`ProtocolLog::records`).
+    Record,
+    /// A `#` comment line (writer notices in logs without an info event).
+    Comment,
 }
 
 impl Event {
@@ -426,7 +469,7 @@ impl Event {
             Event::Disconnect => '-',
             Event::Sent => '>',
             Event::Received => '<',
-            Event::Info => '*',
+            Event::Info | Event::Record | Event::Comment => '*',
         }
     }
 }
@@ -515,6 +558,15 @@ impl Drop for Shared {
             let _ = thread.join();
         }
     }
+}
+
+/// The line ending of every protocol log file (CRLF, as Exchange's).
+pub const EOL: &str = "\r\n";
+
+/// Appends one CSV field with the protocol log's escaping (control
+/// characters become spaces, RFC 4180 quoting when needed).
+pub fn push_csv_field(out: &mut String, s: &str) {
+    writer::push_field(out, s);
 }
 
 /// A session id unique within the process (counter) and across restarts:

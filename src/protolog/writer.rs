@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{
-    Counters, Event, FIELDS, Line, LogKind, MAX_FIELD_BYTES, Msg, ProtocolLogConfig, QUEUE_BYTES,
+    Counters, Event, Line, LogKind, MAX_FIELD_BYTES, Msg, ProtocolLogConfig, QUEUE_BYTES,
     QUEUE_LINES, next_session_id,
 };
 use crate::timefmt::{civil_from_days, iso8601_millis};
@@ -38,9 +38,9 @@ const BUF_CAPACITY: usize = 64 * 1024;
 const MAX_LINE_BYTES: usize = 3 * (2 * (MAX_FIELD_BYTES + 3) + 2) + 512;
 const _: () = assert!(MAX_LINE_BYTES < BUF_CAPACITY);
 
-/// Lines end in CRLF like Exchange's own files, which is what Windows-side
-/// parsers expect; CSV readers on every platform accept it.
-const EOL: &str = "\r\n";
+// Lines end in CRLF (`super::EOL`) like Exchange's own files, which is
+// what Windows-side parsers expect; CSV readers on every platform accept it.
+use super::EOL;
 
 /// One log file being written.
 struct Current {
@@ -215,7 +215,11 @@ impl Writer {
             session: self.notice_session,
             seq: self.notice_seq,
             endpoints: None,
-            event: Event::Info,
+            event: if self.kind == LogKind::HttpProxy {
+                Event::Comment
+            } else {
+                Event::Info
+            },
             data: format!("{n} protocol log lines dropped"),
             context: String::new(),
             cost: 0,
@@ -336,10 +340,11 @@ impl Writer {
 
     fn header(&self, now: SystemTime) -> String {
         format!(
-            "#Software: Gatehouse{EOL}#Version: {}{EOL}#Log-type: {}{EOL}#Date: {}{EOL}#Fields: {FIELDS}{EOL}",
+            "#Software: Gatehouse{EOL}#Version: {}{EOL}#Log-type: {}{EOL}#Date: {}{EOL}#Fields: {}{EOL}",
             self.version,
             self.kind.log_type(),
             iso8601_millis(now),
+            self.kind.fields(),
         )
     }
 
@@ -494,6 +499,19 @@ pub(super) fn yyyymmdd(day: i64) -> u32 {
 /// One CSV record with CRLF into `out`.
 pub(super) fn format_line(out: &mut String, line: &Line) {
     out.clear();
+    match line.event {
+        Event::Record => {
+            out.push_str(&line.data);
+            return;
+        }
+        Event::Comment => {
+            out.push('#');
+            push_field(out, &line.data);
+            out.push_str(EOL);
+            return;
+        }
+        _ => {}
+    }
     out.push_str(&iso8601_millis(line.time));
     out.push(',');
     push_field(out, &line.connector);

@@ -1,0 +1,227 @@
+//! Streaming bodies: nothing is ever buffered whole.
+//!
+//! Both directions are `StreamBody`s: a frame read from one side is handed
+//! to the other as soon as it arrives, so an `RPC_IN_DATA` channel that
+//! declares 1 GiB holds at most hyper's read buffer plus one frame, and the
+//! `RPC_OUT_DATA` response flows down while the request still flows up
+//! (RPC over HTTP, MS-RPCH 2.1.2.1: the two channels are long-lived
+//! half-duplex streams). Each body carries:
+//!
+//! * a byte limit (the route's `max_body_size`; the declared
+//!   Content-Length was checked up front, this catches chunked bodies);
+//! * an idle timer (`channel_idle_timeout`): no frame for that long ends
+//!   the stream with an error, which closes the channel on both sides;
+//! * an optional `Lease` dropped when the body ends, which returns the
+//!   backend connection to its pool (only after a complete response) and
+//!   decrements the server's outstanding-request count;
+//! * a byte counter the HttpProxy log reads.
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type the proxy passes around.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// A small complete body (error pages, refusals).
+pub fn full(text: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
+
+/// Why a streamed body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("body larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("no data for {0:?}: channel idle timeout")]
+    Idle(Duration),
+}
+
+/// Something to run when the body is dropped, told whether it ended
+/// cleanly.
+pub trait OnEnd: Send {
+    fn finish(self: Box<Self>, complete: bool);
+}
+
+/// A body passed through with a limit, an idle timer, a byte counter and
+/// an end hook.
+pub struct Streamed<B> {
+    inner: B,
+    limit: u64,
+    seen: u64,
+    idle: Duration,
+    /// When the last frame passed; the timer is only armed (lazily, from
+    /// this instant) while the body waits, so a body whose frames are
+    /// ready at once never touches the timer wheel.
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    counter: Arc<AtomicU64>,
+    on_end: Option<Box<dyn OnEnd>>,
+    complete: bool,
+}
+
+impl<B> Streamed<B> {
+    pub fn new(inner: B, limit: u64, idle: Duration, counter: Arc<AtomicU64>) -> Self {
+        Streamed {
+            inner,
+            limit,
+            seen: 0,
+            idle,
+            last: tokio::time::Instant::now(),
+            timer: None,
+            counter,
+            on_end: None,
+            complete: false,
+        }
+    }
+
+    pub fn on_end(mut self, hook: Box<dyn OnEnd>) -> Self {
+        self.on_end = Some(hook);
+        self
+    }
+}
+
+impl<B> Drop for Streamed<B> {
+    fn drop(&mut self) {
+        if let Some(hook) = self.on_end.take() {
+            hook.finish(self.complete);
+        }
+    }
+}
+
+impl<B: Body> Streamed<B> {
+    /// Marks an empty body complete: hyper may never poll it.
+    pub fn checked(mut self) -> Self {
+        if self.inner.is_end_stream() {
+            self.complete = true;
+        }
+        self
+    }
+}
+
+impl<B> Body for Streamed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    this.seen = this.seen.saturating_add(n);
+                    this.counter.fetch_add(n, Ordering::Relaxed);
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(StreamError::TooLarge(this.limit)))));
+                    }
+                }
+                this.last = tokio::time::Instant::now();
+                // hyper stops polling a body once its declared length
+                // has been sent: the final `None` may never be asked for.
+                if this.inner.is_end_stream() {
+                    this.complete = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                this.complete = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = this.last + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err(Box::new(StreamError::Idle(this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // The exact length passes through, so the backend (and the
+        // client) see the declared Content-Length, not chunking.
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One frame, then silence.
+    struct Stalls(bool);
+
+    impl Body for Stalls {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                Poll::Pending
+            } else {
+                self.0 = true;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"abc")))))
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_body_ends_after_the_idle_timeout() {
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut b = Streamed::new(
+            Stalls(false),
+            10,
+            Duration::from_millis(150),
+            counter.clone(),
+        );
+        let start = tokio::time::Instant::now();
+        assert!(b.frame().await.unwrap().is_ok());
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("channel idle timeout"), "{err}");
+        assert!(start.elapsed() >= Duration::from_millis(150));
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert_eq!(counter.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_cut() {
+        let mut b = Streamed::new(Stalls(false), 2, Duration::from_secs(5), Arc::default());
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("limit of 2 bytes"), "{err}");
+    }
+}

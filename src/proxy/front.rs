@@ -1,0 +1,181 @@
+//! The front listener: TCP accept, TLS (certificate from the store by
+//! SNI, ALPN `h2` then `http/1.1`), then hyper's automatic HTTP/1.1 or
+//! HTTP/2 server with the listener's limits, and graceful shutdown.
+//!
+//! Limits: `max_connections` (a semaphore; beyond it new connections are
+//! closed at once), the TLS handshake and each request head within
+//! `idle_timeout` (HTTP/1.1 `header_read_timeout`); a connection with no
+//! request in flight and no bytes moving for `idle_timeout` is closed
+//! (hyper has no such timer before the first request or for HTTP/2), header block size (`max_buf_size` for
+//! HTTP/1.1 answers 431, `max_header_list_size` for HTTP/2), header count
+//! (hyper's `max_headers`, and the handler checks HTTP/2 requests too).
+//! HTTP/2 connections are pinged every `idle_timeout / 2`.
+//!
+//! Shutdown: on the server's token, each connection gets
+//! `graceful_shutdown` (HTTP/1.1 finishes the request in flight and
+//! closes; HTTP/2 sends GOAWAY and lets open streams finish), tracked by
+//! the server's task tracker, which waits up to `shutdown_grace`.
+
+use super::handler::{ClientConn, Listener, handle};
+use super::sniff::SniffIo;
+use crate::shutdown::Shutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Builds the HTTP server settings of one listener.
+pub fn http_builder(cfg: &crate::config::ProxyConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    let header_bytes = usize::try_from(cfg.max_header_bytes.0)
+        .unwrap_or(usize::MAX)
+        .max(8192);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.idle_timeout.0)
+        .keep_alive(true)
+        .max_buf_size(header_bytes)
+        .max_headers(cfg.max_headers);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(cfg.idle_timeout.0 / 2)
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+pub struct Front {
+    pub listener: TcpListener,
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handler: Arc<Listener>,
+    pub http: Arc<auto::Builder<TokioExecutor>>,
+    pub limit: Arc<Semaphore>,
+    pub handshake_timeout: Duration,
+}
+
+impl Front {
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.token.cancelled() => return,
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = %self.handler.name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                tracing::debug!(listener = %self.handler.name, %peer, "connection limit reached");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = self.acceptor.clone();
+            let handler = self.handler.clone();
+            let http = self.http.clone();
+            let token = shutdown.token.clone();
+            let hs_timeout = self.handshake_timeout;
+            shutdown.sessions.spawn(async move {
+                let _permit = permit;
+                let tls = match tokio::time::timeout(hs_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        crate::tls::counters().record_failure(crate::tls::failure_reason(&e));
+                        return;
+                    }
+                    Err(_) => {
+                        crate::tls::counters().record_failure("timeout");
+                        return;
+                    }
+                };
+                crate::tls::counters()
+                    .record_success(&crate::tls::Negotiated::from_connection(tls.get_ref().1));
+                let client = Arc::new(ClientConn::new(peer));
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let clock = std::time::Instant::now();
+                let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let io = SniffIo::new(
+                    tls,
+                    client.both_lengths.clone(),
+                    !h2,
+                    activity.clone(),
+                    clock,
+                );
+                let idle = handler.idle_timeout;
+                let watched = client.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    handle(handler.clone(), client.clone(), req)
+                });
+                let conn = http.serve_connection(TokioIo::new(io), svc);
+                tokio::pin!(conn);
+                // Idle: no bytes either way for `idle_timeout` and no
+                // request in flight (a quiet RPC channel is bounded by
+                // `channel_idle_timeout` instead). Checked every quarter.
+                let tick = (idle / 4).max(std::time::Duration::from_millis(50));
+                let mut cancelled = Cancelled::new(token);
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => break,
+                        _ = &mut cancelled => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                            break;
+                        }
+                        _ = tokio::time::sleep(tick) => {
+                            let last = activity.load(std::sync::atomic::Ordering::Relaxed);
+                            let now = clock.elapsed().as_millis() as u64;
+                            let quiet = now.saturating_sub(last);
+                            if watched.in_flight() == 0 && quiet >= idle.as_millis() as u64 {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Resolves when the server's shutdown token is cancelled. Its first poll
+/// registers the connection task with the token; later polls are one
+/// atomic load, so the token's shared lock is not taken on every wake of
+/// every connection (a task's waker stays valid for its whole life).
+struct Cancelled {
+    token: tokio_util::sync::CancellationToken,
+    registered: Option<std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+}
+
+impl Cancelled {
+    fn new(token: tokio_util::sync::CancellationToken) -> Cancelled {
+        Cancelled {
+            token,
+            registered: None,
+        }
+    }
+}
+
+impl std::future::Future for Cancelled {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.get_mut();
+        if this.token.is_cancelled() {
+            return std::task::Poll::Ready(());
+        }
+        if this.registered.is_none() {
+            let mut fut = Box::pin(this.token.clone().cancelled_owned());
+            let r = fut.as_mut().poll(cx);
+            this.registered = Some(fut);
+            return r;
+        }
+        std::task::Poll::Pending
+    }
+}

@@ -1,0 +1,685 @@
+//! One request through the proxy:
+//!
+//! ```text
+//! head checks (framing, header count) -> route (prefix) -> body limit
+//!   -> anchor mailbox, auth scheme -> backend request (hop-by-hop out,
+//!      X-Forwarded-*/Forwarded in, Host kept or rewritten, origin-form URI)
+//!   -> connection: pinned (NTLM/Negotiate) | idle | new   [pool]
+//!   -> response head (request_timeout; not for RPC channels)
+//!   -> response streamed back, the lease returned when it ends   [body]
+//! ```
+//!
+//! Every refusal is a small HTML page with the status, the reason in
+//! words and an `X-Gatehouse-Error` code; backend failures also emit an
+//! event naming the backend (rate-limited per backend and reason).
+
+use super::backend::{BackendFailure, FailureReason, Sender};
+use super::body::{OnEnd, ProxyBody, StreamError, Streamed, full};
+use super::headers::{self, HeadRefusal};
+use super::log::{ProxyLog, RequestRecord};
+use super::pool::{Lease, Pool, Server};
+use super::routes::RouteTable;
+use crate::events;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a request needs to know about its listener.
+pub struct Listener {
+    pub name: String,
+    pub routes: RouteTable,
+    pub max_headers: usize,
+    pub max_rpc_body_size: u64,
+    pub request_timeout: Duration,
+    pub channel_idle_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub log: ProxyLog,
+    pub server_host: String,
+}
+
+/// Per client connection: who it is and its pinned backend connection.
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    /// Set by `sniff` when a raw HTTP/1.1 head had both Content-Length
+    /// and Transfer-Encoding (hyper removes the length before we see it).
+    pub both_lengths: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests whose response has not ended yet.
+    in_flight: std::sync::atomic::AtomicUsize,
+    pin: tokio::sync::Mutex<Option<Pinned>>,
+}
+
+struct Pinned {
+    pool: String,
+    server: Arc<Server>,
+    sender: Sender,
+}
+
+/// Counts one request in flight on its client connection until dropped.
+struct InFlight(Arc<ClientConn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ClientConn {
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn new(peer: SocketAddr) -> ClientConn {
+        ClientConn {
+            peer,
+            both_lengths: Arc::default(),
+            in_flight: Default::default(),
+            pin: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// Outcome of the attempt to get a backend response.
+enum Failure {
+    Backend(BackendFailure, String),
+    NoServer,
+    TooLarge(u64),
+    ChannelIdle,
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn request_id() -> String {
+    // getpid is a system call: once is enough.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{:08x}-{:04x}-{n:012x}",
+        t as u32,
+        *PID.get_or_init(std::process::id) & 0xffff
+    )
+}
+
+pub async fn handle(
+    l: Arc<Listener>,
+    conn: Arc<ClientConn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    conn.in_flight.fetch_add(1, Ordering::Relaxed);
+    let guard = InFlight(conn.clone());
+    let mut rec = RequestRecord::new(request_id(), conn.peer.ip(), &req, &l.server_host);
+    let id = HeaderValue::from_str(&rec.request_id).ok();
+    let mut resp = match proxy(&l, &conn, req, &mut rec, guard).await {
+        // Logged by `Finish` when the response body ends.
+        Ok(resp) => resp,
+        Err(page) => {
+            rec.status = page.status().as_u16();
+            rec.total = rec.started.elapsed();
+            l.log.write(&rec);
+            page
+        }
+    };
+    if let Some(v) = id {
+        resp.headers_mut().insert("request-id", v);
+    }
+    Ok(resp)
+}
+
+/// Runs when a proxied response body ends: returns the backend
+/// connection (the lease) and writes the log record with the final byte
+/// counts and total time.
+struct Finish {
+    _in_flight: InFlight,
+    lease: Lease,
+    rec: RequestRecord,
+    log: ProxyLog,
+}
+
+impl OnEnd for Finish {
+    fn finish(self: Box<Self>, complete: bool) {
+        let Finish {
+            _in_flight,
+            lease,
+            mut rec,
+            log,
+        } = *self;
+        Box::new(lease).finish(complete);
+        if !complete && rec.error_code.is_empty() {
+            rec.error_code = "ResponseIncomplete".into();
+        }
+        rec.total = rec.started.elapsed();
+        log.write(&rec);
+    }
+}
+
+type Page = Response<ProxyBody>;
+
+async fn proxy(
+    l: &Listener,
+    conn: &ClientConn,
+    req: Request<Incoming>,
+    rec: &mut RequestRecord,
+    in_flight: InFlight,
+) -> Result<Page, Page> {
+    let mut head = headers::check_request_head(req.headers(), l.max_headers);
+    if head.is_ok()
+        && req.headers().contains_key(header::TRANSFER_ENCODING)
+        && conn.both_lengths.load(Ordering::Relaxed)
+    {
+        head = Err(HeadRefusal::Framing(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if let Err(r) = head {
+        let (status, why, code) = match r {
+            HeadRefusal::Framing(why) => (StatusCode::BAD_REQUEST, why, "BadFraming"),
+            HeadRefusal::UnknownCoding => (
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported transfer coding",
+                "UnsupportedTransferCoding",
+            ),
+            HeadRefusal::TooManyHeaders => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many header fields",
+                "TooManyHeaders",
+            ),
+        };
+        rec.error_code = code.into();
+        // The framing cannot be trusted: close after answering.
+        return Err(with_close(page(status, why, code)));
+    }
+    // A reverse proxy for mail services: no tunnels to arbitrary hosts.
+    if req.method() == hyper::Method::CONNECT {
+        rec.error_code = "MethodNotAllowed".into();
+        return Err(page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not proxied",
+            "MethodNotAllowed",
+        ));
+    }
+    let Some(route) = l.routes.find(req.uri().path()) else {
+        rec.error_code = "NoRoute".into();
+        return Err(page(
+            StatusCode::NOT_FOUND,
+            "no route for this path",
+            "NoRoute",
+        ));
+    };
+    rec.protocol = route.protocol.clone();
+    let pool = route.pool.clone();
+    let is_rpc = matches!(req.method().as_str(), "RPC_IN_DATA" | "RPC_OUT_DATA");
+    let limit = if is_rpc {
+        route.max_body_size.max(l.max_rpc_body_size)
+    } else {
+        route.max_body_size
+    };
+    if let Some(n) = content_length(req.headers())
+        && n > limit
+    {
+        rec.error_code = "RequestTooLarge".into();
+        return Err(with_close(page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body of {n} bytes exceeds the limit of {limit} bytes"),
+            "RequestTooLarge",
+        )));
+    }
+
+    let (mut parts, body) = req.into_parts();
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    let anchor = headers::anchor_mailbox(
+        &parts.headers,
+        parts.uri.query(),
+        pool.anchor_cookie.as_deref(),
+        pool.anchor_query.as_deref(),
+    );
+    let scheme = headers::auth_scheme(&parts.headers);
+    rec.anchor = anchor.clone().unwrap_or_default();
+    rec.auth_type = scheme.clone().unwrap_or_default();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::add_forwarding(&mut parts.headers, conn.peer.ip(), client_host.as_deref());
+    parts.headers.remove(header::HOST);
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .parse()
+        .unwrap_or_default();
+    parts.version = Version::HTTP_11;
+    let bodiless = hyper::body::Body::is_end_stream(&body);
+    let body = Streamed::new(
+        body,
+        limit,
+        l.channel_idle_timeout,
+        rec.request_bytes.clone(),
+    )
+    .checked()
+    .boxed_unsync();
+
+    let wants_pin = scheme.as_deref().is_some_and(headers::is_connection_auth);
+    let backend_started = Instant::now();
+    let result = if wants_pin || conn.pin.lock().await.is_some() {
+        send_pinned(
+            l,
+            conn,
+            &pool,
+            anchor.as_deref(),
+            parts,
+            body,
+            client_host,
+            is_rpc,
+            rec,
+        )
+        .await
+    } else {
+        send_pooled(
+            l,
+            &pool,
+            anchor.as_deref(),
+            parts,
+            body,
+            bodiless,
+            client_host,
+            is_rpc,
+            rec,
+        )
+        .await
+    };
+    rec.backend_latency = backend_started.elapsed();
+    match result {
+        Ok((resp, lease)) => {
+            let (mut rparts, rbody) = resp.into_parts();
+            rec.backend_status = rparts.status.as_u16();
+            rec.status = rec.backend_status;
+            headers::remove_hop_by_hop(&mut rparts.headers);
+            let finish = Finish {
+                _in_flight: in_flight,
+                lease,
+                rec: std::mem::take(rec),
+                log: l.log.clone(),
+            };
+            let body = Streamed::new(
+                rbody,
+                u64::MAX,
+                l.channel_idle_timeout,
+                finish.rec.response_bytes.clone(),
+            )
+            .on_end(Box::new(finish))
+            .checked()
+            .boxed_unsync();
+            Ok(Response::from_parts(rparts, body))
+        }
+        Err(Failure::NoServer) => {
+            rec.error_code = "NoHealthyServer".into();
+            let why = if pool.servers.is_empty() {
+                format!("backend pool `{}` has no servers configured", pool.name)
+            } else {
+                format!("no healthy server in backend pool `{}`", pool.name)
+            };
+            Err(page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &why,
+                "NoHealthyServer",
+            ))
+        }
+        Err(Failure::TooLarge(n)) => {
+            rec.error_code = "RequestTooLarge".into();
+            Err(with_close(page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body exceeds the limit of {n} bytes"),
+                "RequestTooLarge",
+            )))
+        }
+        Err(Failure::ChannelIdle) => {
+            rec.error_code = "ChannelIdleTimeout".into();
+            Err(with_close(page(
+                StatusCode::REQUEST_TIMEOUT,
+                "no request data within the channel idle timeout",
+                "ChannelIdleTimeout",
+            )))
+        }
+        Err(Failure::Backend(f, server)) => {
+            rec.error_code = f.reason.code().into();
+            rec.target_server = server.clone();
+            rec.generic_errors = format!("{}: {}", f.reason.as_str(), f.detail);
+            report_failure(&pool, &server, &f);
+            let status = if f.reason == FailureReason::Timeout {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            Err(page(
+                status,
+                &format!(
+                    "the backend server could not be used: {}",
+                    f.reason.as_str()
+                ),
+                f.reason.code(),
+            ))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_pooled(
+    l: &Listener,
+    pool: &Arc<Pool>,
+    anchor: Option<&str>,
+    parts: hyper::http::request::Parts,
+    body: ProxyBody,
+    bodiless: bool,
+    client_host: Option<String>,
+    is_rpc: bool,
+    rec: &mut RequestRecord,
+) -> Result<(Response<Incoming>, Lease), Failure> {
+    let server = pool.choose(anchor).ok_or(Failure::NoServer)?;
+    rec.routing_type = if anchor.is_some() {
+        "AnchorMailbox"
+    } else {
+        "LeastOutstanding"
+    }
+    .into();
+    rec.target_server = server.endpoint.display.clone();
+    rec.outstanding = server.outstanding();
+    let display = server.endpoint.display.clone();
+    let (mut lease, reused) = pool
+        .lease(server)
+        .await
+        .map_err(|f| Failure::Backend(f, display.clone()))?;
+    // A bodiless request on a reused connection may meet a backend that
+    // closed it in the meantime (RFC 9112 §9.3.1 allows a retry of an
+    // idempotent request then): keep a copy for one retry.
+    let retry = (reused && bodiless).then(|| clone_head(&parts));
+    let req = backend_request(parts, body, pool, &lease.server, client_host.as_deref());
+    count_unverified(pool);
+    let Some(mut sender) = lease.conn.take() else {
+        return Err(Failure::Backend(
+            BackendFailure::new(FailureReason::Protocol, "no connection"),
+            display,
+        ));
+    };
+    let first = send(l, &mut sender, req, is_rpc).await;
+    let resp = match (first, retry) {
+        (Err(Failure::Backend(f, _)), Some(head)) if f.reason == FailureReason::Protocol => {
+            let mut fresh = pool
+                .connect(&lease.server)
+                .await
+                .map_err(|f| Failure::Backend(f, display.clone()))?;
+            let req = backend_request(
+                head,
+                super::body::empty(),
+                pool,
+                &lease.server,
+                client_host.as_deref(),
+            );
+            let r = send(l, &mut fresh, req, is_rpc).await;
+            sender = fresh;
+            r
+        }
+        (r, _) => r,
+    }
+    .map_err(|f| match f {
+        Failure::Backend(b, _) => Failure::Backend(b, display.clone()),
+        other => other,
+    })?;
+    lease.conn = Some(sender);
+    Ok((resp, lease))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_pinned(
+    l: &Listener,
+    conn: &ClientConn,
+    pool: &Arc<Pool>,
+    anchor: Option<&str>,
+    parts: hyper::http::request::Parts,
+    body: ProxyBody,
+    client_host: Option<String>,
+    is_rpc: bool,
+    rec: &mut RequestRecord,
+) -> Result<(Response<Incoming>, Lease), Failure> {
+    let mut pin = conn.pin.lock().await;
+    let reusable = pin
+        .as_ref()
+        .is_some_and(|p| p.pool == pool.name && !p.sender.is_closed() && p.server.is_healthy());
+    if !reusable {
+        // New pin: the handshake (re)starts on a dedicated connection.
+        *pin = None;
+        let server = pool.choose(anchor).ok_or(Failure::NoServer)?;
+        let display = server.endpoint.display.clone();
+        let lease = Lease {
+            server,
+            conn: None,
+            pinned: true,
+        };
+        let sender = pool
+            .connect(&lease.server)
+            .await
+            .map_err(|f| Failure::Backend(f, display))?;
+        *pin = Some(Pinned {
+            pool: pool.name.clone(),
+            server: lease.server.clone(),
+            sender,
+        });
+        drop(lease);
+    }
+    let Some(p) = pin.as_mut() else {
+        return Err(Failure::NoServer);
+    };
+    let lease = Lease::hold(p.server.clone(), true);
+    rec.routing_type = "Pinned".into();
+    rec.target_server = p.server.endpoint.display.clone();
+    let display = rec.target_server.clone();
+    let req = backend_request(parts, body, pool, &p.server, client_host.as_deref());
+    count_unverified(pool);
+    // The previous response on this connection must be complete first;
+    // the client's own connection is sequential, so this is short.
+    if tokio::time::timeout(l.request_timeout, p.sender.ready())
+        .await
+        .map_err(|_| {
+            Failure::Backend(
+                BackendFailure::new(FailureReason::Timeout, "pinned connection busy"),
+                display.clone(),
+            )
+        })?
+        .is_err()
+    {
+        *pin = None;
+        return Err(Failure::Backend(
+            BackendFailure::new(FailureReason::Protocol, "pinned backend connection closed"),
+            display,
+        ));
+    }
+    let fut = p.sender.send_request(req);
+    drop(pin);
+    let resp = await_head(l, fut, is_rpc).await.map_err(|f| match f {
+        Failure::Backend(b, _) => Failure::Backend(b, display.clone()),
+        other => other,
+    })?;
+    Ok((resp, lease))
+}
+
+async fn send(
+    l: &Listener,
+    sender: &mut Sender,
+    req: Request<ProxyBody>,
+    is_rpc: bool,
+) -> Result<Response<Incoming>, Failure> {
+    let fut = sender.send_request(req);
+    await_head(l, fut, is_rpc).await
+}
+
+/// Waits for the response head. RPC channels answer only when they end,
+/// so they are bounded by the channel idle timer instead.
+async fn await_head(
+    l: &Listener,
+    fut: impl std::future::Future<Output = hyper::Result<Response<Incoming>>>,
+    is_rpc: bool,
+) -> Result<Response<Incoming>, Failure> {
+    let r = if is_rpc {
+        fut.await
+    } else {
+        match tokio::time::timeout(l.request_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(Failure::Backend(
+                    BackendFailure::new(
+                        FailureReason::Timeout,
+                        format!("no response head within {:?}", l.request_timeout),
+                    ),
+                    String::new(),
+                ));
+            }
+        }
+    };
+    r.map_err(|e| {
+        // The request body's own limit or idle timer ended the send.
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if let Some(se) = s.downcast_ref::<StreamError>() {
+                return match se {
+                    StreamError::TooLarge(n) => Failure::TooLarge(*n),
+                    StreamError::Idle(_) => Failure::ChannelIdle,
+                };
+            }
+            src = s.source();
+        }
+        Failure::Backend(
+            BackendFailure::new(FailureReason::Protocol, e.to_string()),
+            String::new(),
+        )
+    })
+}
+
+fn clone_head(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    let (p, ()) = b.body(()).unwrap_or_default().into_parts();
+    p
+}
+
+fn backend_request(
+    mut parts: hyper::http::request::Parts,
+    body: ProxyBody,
+    pool: &Pool,
+    server: &Server,
+    client_host: Option<&str>,
+) -> Request<ProxyBody> {
+    let host = if pool.rewrite_host {
+        Some(server.endpoint.tls_name.as_str())
+    } else {
+        client_host
+    };
+    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        parts.headers.insert(header::HOST, v);
+    }
+    Request::from_parts(parts, body)
+}
+
+fn count_unverified(pool: &Pool) {
+    if pool.untrusted_allowed {
+        pool.unverified_requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn content_length(h: &hyper::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// At most one event per (backend, reason) a minute: a broken backend
+/// under load must not flood the log, but is never silent.
+fn report_failure(pool: &Pool, server: &str, f: &BackendFailure) {
+    static LAST: Mutex<Option<HashMap<(String, FailureReason), Instant>>> = Mutex::new(None);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let map = last.get_or_insert_with(HashMap::new);
+        let key = (server.to_string(), f.reason);
+        if map
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        map.insert(key, Instant::now());
+    }
+    let thumbprint = f.thumbprint.as_deref().unwrap_or("none");
+    if f.reason.is_trust() {
+        events::emit(events::ProxyBackendTrustFailure {
+            pool: &pool.name,
+            backend: server,
+            reason: f.reason.as_str(),
+            thumbprint,
+            detail: &f.detail,
+        });
+    } else {
+        events::emit(events::ProxyBackendUnavailable {
+            pool: &pool.name,
+            backend: server,
+            reason: f.reason.as_str(),
+            thumbprint,
+            detail: &f.detail,
+        });
+    }
+}
+
+fn with_close(mut p: Page) -> Page {
+    p.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    p
+}
+
+/// The error page: status, reason in words, error code (also in the
+/// `X-Gatehouse-Error` header). Backend names stay out of it: they are
+/// internal; the event has them.
+pub fn page(status: StatusCode, why: &str, code: &str) -> Page {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><title>{title}</title></head><body>\n<h1>{title}</h1>\n<p>{}</p>\n<p>Error code: {code}</p>\n</body></html>\n",
+        escape(why)
+    );
+    let mut r = Response::new(full(html));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(code) {
+        h.insert("x-gatehouse-error", v);
+    }
+    r
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,215 @@
+//! The client-access HTTPS proxy (SPEC 2.9, issue 7, `docs/proxy.md`).
+//!
+//! ```text
+//! client --TLS (store cert, service https, SNI)--> front (h1/h2, limits)
+//!   -> handler: framing checks, route by path prefix -> pool
+//!        -> server: pinned (NTLM/Negotiate) | anchor hash | least outstanding
+//!        -> backend connection (idle or new; TLS verified: backend)
+//!   <- response streamed back (body), the connection returned at its end
+//! ```
+//!
+//! Types: `Front` (one per listen address) accepts and serves
+//! connections; `Listener` (one per `[[proxy]]`) holds the `RouteTable`
+//! and limits; `Pool` (one per `[[backend_pool]]`, shared by listeners)
+//! holds `Server`s with health, outstanding counts and idle connections,
+//! and the pool's rustls client config; `ClientConn` holds a client
+//! connection's pinned backend connection; `Streamed` bodies carry limits,
+//! idle timers and the `Lease` that returns a connection to its pool.
+//!
+//! Module map: `front` listener and HTTP server, `routes` prefix table,
+//! `pool` servers/health/affinity, `backend` connections and trust,
+//! `body` streaming (RPC channels), `headers` header rules, `sniff` the
+//! raw-head Content-Length + Transfer-Encoding detector, `handler` the
+//! request path, `log` the per-request record.
+
+mod backend;
+mod body;
+mod front;
+mod handler;
+mod headers;
+mod log;
+mod pool;
+mod routes;
+mod sniff;
+
+pub use backend::FailureReason;
+pub use log::ProxyLog;
+pub use pool::Pool;
+
+use crate::certs::{CertStore, Service};
+use crate::config::Config;
+use crate::shutdown::Shutdown;
+use crate::tls::resolver::CertificateSet;
+use rustls::pki_types::CertificateDer;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// The running proxy listeners and pools.
+pub struct RunningProxy {
+    /// (proxy name, bound address).
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub pools: Vec<Arc<Pool>>,
+    pub tasks: Vec<JoinHandle<()>>,
+    /// The HttpProxy log (flushed at shutdown).
+    pub log: ProxyLog,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyStartError {
+    #[error("cannot listen on {addr} for proxy `{proxy}`: {source}\n  = hint: {hint}")]
+    Bind {
+        addr: SocketAddr,
+        proxy: String,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("backend pool set-up failed: {0}")]
+    Pool(String),
+    #[error("TLS set-up failed for proxy `{0}`: {1}")]
+    Tls(String, String),
+    #[error("cannot open the HttpProxy log in {path}: {source}")]
+    Log {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// CA certificates held in the certificate store: the intermediates of
+/// imported chains (the store does not keep roots). Backends are trusted
+/// when they chain to one of them.
+pub fn store_ca_certificates(store: &CertStore) -> Vec<CertificateDer<'static>> {
+    let mut out = Vec::new();
+    for c in store.load().usable {
+        for der in &c.certified_key.cert {
+            let is_ca = x509_parser::parse_x509_certificate(der.as_ref())
+                .ok()
+                .and_then(|(_, x)| x.basic_constraints().ok().flatten().map(|b| b.value.ca))
+                .unwrap_or(false);
+            if is_ca && !out.contains(der) {
+                out.push(der.clone().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Starts every `[[proxy]]` listener and the pools' health checks.
+pub async fn start(
+    cfg: &Config,
+    certificates: &Arc<CertificateSet>,
+    store_cas: &[CertificateDer<'static>],
+    hostname: &str,
+    shutdown: &Shutdown,
+    bind: impl Fn(SocketAddr) -> std::io::Result<tokio::net::TcpListener>,
+) -> Result<RunningProxy, ProxyStartError> {
+    let mut pools = HashMap::new();
+    let mut all_pools = Vec::new();
+    let mut tasks = Vec::new();
+    for p in &cfg.backend_pool {
+        let pool = Arc::new(Pool::from_config(p, store_cas).map_err(ProxyStartError::Pool)?);
+        tasks.extend(pool.spawn_health_checks(shutdown.token.clone()));
+        pools.insert(p.name.get_ref().to_ascii_lowercase(), pool.clone());
+        all_pools.push(pool);
+    }
+    // One HttpProxy log for every listener that logs, next to the SMTP
+    // protocol logs and with their size and age limits.
+    let http_log = if cfg.proxy.iter().any(|p| p.log) {
+        let dir = cfg.protocol_log_dir().join("HttpProxy");
+        let log = crate::protolog::ProtocolLog::open(
+            crate::protolog::LogKind::HttpProxy,
+            crate::protolog::ProtocolLogConfig {
+                dir: dir.clone(),
+                max_file_size: cfg.protocol_log.max_file_size.0,
+                max_age: cfg.protocol_log.max_age.0,
+                max_dir_size: cfg.protocol_log.max_dir_size.0,
+            },
+            crate::VERSION,
+        )
+        .map_err(|source| ProxyStartError::Log { path: dir, source })?;
+        Some(ProxyLog::new(log))
+    } else {
+        None
+    };
+    let mut listeners = Vec::new();
+    for p in &cfg.proxy {
+        let name = p.name.get_ref().clone();
+        let fqdn = p
+            .fqdn
+            .as_ref()
+            .map_or_else(|| hostname.to_string(), |f| f.to_string());
+        let resolver = certificates.resolver(&name, &fqdn, Service::Https);
+        let base = crate::tls::server_config(resolver)
+            .map_err(|e| ProxyStartError::Tls(name.clone(), e.to_string()))?;
+        let mut tls = (*base).clone();
+        // RFC 7301: h2 preferred, HTTP/1.1 for clients without it.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let routes = p
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some(routes::Route {
+                    prefix: r.prefix.get_ref().clone(),
+                    pool: pools.get(&r.pool.get_ref().to_ascii_lowercase())?.clone(),
+                    max_body_size: r.max_body_size.unwrap_or(p.max_body_size).0,
+                    protocol: r
+                        .protocol
+                        .clone()
+                        .unwrap_or_else(|| routes::protocol_name(r.prefix.get_ref())),
+                })
+            })
+            .collect();
+        let handler = Arc::new(handler::Listener {
+            name: name.clone(),
+            routes: routes::RouteTable::new(routes),
+            max_headers: p.max_headers,
+            max_rpc_body_size: p.max_rpc_body_size.0,
+            request_timeout: p.request_timeout.0,
+            channel_idle_timeout: p.channel_idle_timeout.0,
+            idle_timeout: p.idle_timeout.0,
+            log: match &http_log {
+                Some(h) if p.log => h.clone(),
+                _ => ProxyLog::disabled(),
+            },
+            server_host: hostname.to_string(),
+        });
+        let http = Arc::new(front::http_builder(p));
+        let limit = Arc::new(tokio::sync::Semaphore::new(p.max_connections));
+        for addr in &p.listen {
+            let addr = *addr.get_ref();
+            let listener = bind(addr).map_err(|source| ProxyStartError::Bind {
+                addr,
+                proxy: name.clone(),
+                hint: match source.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "another process already listens there; stop it or change `listen`"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "ports below 1024 need root or CAP_NET_BIND_SERVICE"
+                    }
+                    _ => "check the `listen` address",
+                },
+                source,
+            })?;
+            listeners.push((name.clone(), listener.local_addr().unwrap_or(addr)));
+            let front = front::Front {
+                listener,
+                acceptor: acceptor.clone(),
+                handler: handler.clone(),
+                http: http.clone(),
+                limit: limit.clone(),
+                handshake_timeout: p.idle_timeout.0.min(std::time::Duration::from_secs(30)),
+            };
+            tasks.push(tokio::spawn(front.run(shutdown.clone())));
+        }
+    }
+    Ok(RunningProxy {
+        listeners,
+        pools: all_pools,
+        tasks,
+        log: http_log.unwrap_or_else(ProxyLog::disabled),
+    })
+}
