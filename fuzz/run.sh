@@ -14,7 +14,7 @@ SANITIZER=${SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(smtp_command smtp_data config cert_import)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(smtp_command smtp_data config cert_import http_front)
 status=0
 printf '| target | seconds | executions | exec/s | corpus | crashes |\n|---|---:|---:|---:|---:|---:|\n' > report.md
 for t in "${TARGETS[@]}"; do

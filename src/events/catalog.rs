@@ -342,7 +342,7 @@ catalog! {
         key: [backend],
         message: "pool `{pool}`: backend {backend} is healthy again",
         explanation: "The backend passed `rise` health checks in a row and receives requests again.",
-        action: "Nothing.",
+        action: "Nothing to do; the event marks the end of the outage begun by ProxyBackendDown (4004)."
     }
 
     /// Recovery found a queue record it cannot trust.

@@ -26,11 +26,11 @@ mod backend;
 mod body;
 mod front;
 mod handler;
-mod headers;
+pub mod headers;
 mod log;
 mod pool;
 mod routes;
-mod sniff;
+pub mod sniff;
 
 pub use backend::FailureReason;
 pub use log::ProxyLog;

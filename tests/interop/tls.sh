@@ -242,7 +242,7 @@ else
 fi
 
 # --- Gatehouse ----------------------------------------------------------------------
-read -r SMTP_PORT SUB_PORT SMTPS_PORT <<<"$(freeports 3)"
+read -r SMTP_PORT SUB_PORT SMTPS_PORT HTTPS_PORT <<<"$(freeports 4)"
 HOST=mx.example.test
 DATA_DIR="$WORK/var"
 MAILDIR="$DATA_DIR/mail/catchall"
@@ -276,6 +276,19 @@ type = "authoritative"
 [[mailbox]]
 name = "catchall"
 addresses = ["@example.test"]
+
+# The HTTPS proxy front, graded like the SMTP listeners (its pool has no
+# servers: the graders only need the TLS handshake).
+[[proxy]]
+name = "ClientAccess"
+listen = ["127.0.0.1:$HTTPS_PORT"]
+
+[[proxy.route]]
+prefix = "/owa"
+pool = "mailbox"
+
+[[backend_pool]]
+name = "mailbox"
 EOF
 
 "$GH_BIN" check-config --config "$CFG" >"$WORK/check-config.out" 2>&1 \
@@ -288,7 +301,7 @@ printf '%s\n' "$PASSWORD" > "$WORK/password"
 say "starting gatehouse: smtp 127.0.0.1:$SMTP_PORT, submission 127.0.0.1:$SUB_PORT, smtps 127.0.0.1:$SMTPS_PORT"
 "$GH_BIN" serve --config "$CFG" >"$WORK/gatehouse.stdout" 2>"$WORK/gatehouse.stderr" &
 GH_PID=$!
-for p in "$SMTP_PORT" "$SUB_PORT" "$SMTPS_PORT"; do
+for p in "$SMTP_PORT" "$SUB_PORT" "$SMTPS_PORT" "$HTTPS_PORT"; do
     wait_port "$p" 30 "$GH_PID" || die "gatehouse is not accepting on 127.0.0.1:$p after 30 s (or exited)"
 done
 say "gatehouse up (pid $GH_PID)"
@@ -454,6 +467,8 @@ testssl_run "testssl (smtps port, implicit TLS): no MEDIUM+ finding beyond cert 
     "$SMTPS_PORT" smtps
 testssl_run "testssl --starttls smtp (submission port): no MEDIUM+ finding beyond cert provenance" \
     "$SUB_PORT" submission --starttls smtp
+testssl_run "testssl (HTTPS proxy): no MEDIUM+ finding beyond cert provenance" \
+    "$HTTPS_PORT" https
 
 # --- 6. sslyze against Mozilla's "intermediate" configuration ------------------------------------
 # SSLYZE names the sslyze command (.ci/run installs it with pip into a venv);
@@ -485,6 +500,7 @@ if [ -n "${SSLYZE:-}" ] && command -v "$SSLYZE" >/dev/null 2>&1; then
     sslyze_run "sslyze --starttls smtp (smtp port): Mozilla intermediate, cert trust aside" "$SMTP_PORT" starttls --starttls smtp
     sslyze_run "sslyze --starttls smtp (submission port): Mozilla intermediate, cert trust aside" "$SUB_PORT" submission --starttls smtp
     sslyze_run "sslyze (smtps port): Mozilla intermediate, cert trust aside" "$SMTPS_PORT" smtps
+    sslyze_run "sslyze (HTTPS proxy): Mozilla intermediate, cert trust aside" "$HTTPS_PORT" https
 else
     say "SKIP sslyze: set SSLYZE to the sslyze command (pip install sslyze)"
     RESULTS+=("SKIP sslyze (SSLYZE not set)")
