@@ -216,6 +216,9 @@ print(f"| ratio Gatehouse/nginx | {g_rps / n_rps:.2f}x | {g50 / n50:.2f}x | {g99
 ok = g_rps >= n_rps and g99 <= n99
 print()
 print(f"bar (req/s >= nginx and p99 <= nginx): {'met' if ok else 'NOT met'}")
+# Machine-readable lines for bench/all.sh.
+print(f"BENCH-RESULT|proxy req/s (wrk, TLS keep-alive)|nginx|{n_rps:.0f}|{g_rps:.0f}|{g_rps / n_rps:.2f}|≥ nginx|{'met' if g_rps >= n_rps else 'not met'}")
+print(f"BENCH-RESULT|proxy p99 latency (ms)|nginx|{n99:.2f}|{g99:.2f}|{g99 / n99:.2f}|≤ nginx|{'met' if g99 <= n99 else 'not met'}")
 PY
 nproc_=$(nproc)
 echo

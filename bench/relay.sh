@@ -189,4 +189,5 @@ if has_target postfix && has_target gatehouse; then
     RATIO=$(awk -v g="${RATE[gatehouse]}" -v p="${RATE[postfix]}" 'BEGIN {printf "%.2f", g / p}')
     echo
     echo "ratio gatehouse/postfix: ${RATIO}x (bar: 3x)"
+    echo "BENCH-RESULT|relay msg/s end to end (smtp-source -> server -> smtp-sink)|Postfix|${RATE[postfix]}|${RATE[gatehouse]}|$RATIO|≥ 3× Postfix|$(awk -v r="$RATIO" 'BEGIN {print (r >= 3 ? "met" : "not met")}')"
 fi
