@@ -296,7 +296,7 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
     let mut accept_tasks = Vec::new();
     let (proxy_listeners, proxy_pools, proxy_log) = match &tls_state {
         Some((certificates, store)) if !cfg.proxy.is_empty() => {
-            let cas = crate::proxy::store_ca_certificates(store);
+            let cas = store.ca_certificates();
             let proxy =
                 crate::proxy::start(&cfg, certificates, &cas, &hostname, &shutdown, bind).await?;
             accept_tasks.extend(proxy.tasks);
@@ -904,11 +904,9 @@ fn start_outbound(
     } else {
         ProtocolLog::disabled()
     };
-    let store = if cfg
-        .send_connector
-        .iter()
-        .any(|c| c.client_certificate.is_some())
-    {
+    // The store gives client certificates and extra trust anchors (its CA
+    // certificates) to every send connector.
+    let store = if !cfg.send_connector.is_empty() {
         Some(CertStore::open(&cfg.server.data_dir).map_err(StartError::Certificates)?)
     } else {
         None

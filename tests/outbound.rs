@@ -7,6 +7,8 @@
 
 #[path = "outbound_support/mod.rs"]
 mod support;
+use rustls::pki_types::pem::PemObject;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 use support::*;
@@ -734,4 +736,61 @@ async fn unknown_client_certificate_is_a_start_error() {
         ),
         "{err}"
     );
+}
+
+/// The store's CA certificates are trust anchors for `verify`: importing
+/// a certificate issued by an internal intermediate CA (chain leaf +
+/// intermediate; the store keeps the intermediate, not the root) makes a
+/// peer with a certificate from the same intermediate verifiable, with no
+/// ca_file.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_trusts_the_stores_ca_certificates() {
+    let root = TestCa::new();
+    let inter = root.intermediate("Gatehouse Test Issuing CA");
+    let inter_der =
+        rustls::pki_types::CertificateDer::from_pem_slice(inter.pem.as_bytes()).unwrap();
+    // The peer serves leaf + intermediate.
+    let peer = inter.issue("smarthost.peer.test");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![peer.der.clone(), inter_der.clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(peer.key_der.clone().into()),
+        )
+        .unwrap();
+    let sink = Sink::start(SinkOptions {
+        tls: Some(Arc::new(server_config)),
+        ..Default::default()
+    })
+    .await;
+    let dns = DnsServer::start(Zone::default().a("smarthost.peer.test", "127.0.0.1")).await;
+    // Our own certificate from the same intermediate, imported with its chain.
+    let own = inter.issue("gw.example.test");
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("own.pem");
+    std::fs::write(
+        &pem,
+        format!(
+            "{}{}-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            own.pem,
+            inter.pem,
+            gatehouse::auth::base64_encode(&own.key_der)
+        ),
+    )
+    .unwrap();
+    let store = gatehouse::certs::CertStore::open(&dir.path().join("var")).unwrap();
+    store
+        .import(&pem, None)
+        .expect("import leaf + intermediate");
+    assert_eq!(store.ca_certificates(), vec![inter_der]);
+    let relay = Relay::start_in(dir, "", &named_smart(&sink, &dns, "verify", "")).await;
+    relay
+        .send("sender@example.test", &["u@remote.test"], "store anchor")
+        .await;
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls);
 }

@@ -508,6 +508,27 @@ impl CertStore {
         fsio::remove_dir(&target.dir)
     }
 
+    /// The CA certificates the store holds (the intermediates of imported
+    /// chains: `import` keeps a chain's CA certificates but not its
+    /// self-signed root). Outbound TLS and the proxy's backend verification
+    /// add them to their trust anchors, so an internal CA's chain imported
+    /// once is trusted everywhere.
+    pub fn ca_certificates(&self) -> Vec<CertificateDer<'static>> {
+        let mut out: Vec<CertificateDer<'static>> = Vec::new();
+        for c in self.load().usable {
+            for der in &c.certified_key.cert {
+                let is_ca = x509_parser::parse_x509_certificate(der.as_ref())
+                    .ok()
+                    .and_then(|(_, x)| x.basic_constraints().ok().flatten().map(|b| b.value.ca))
+                    .unwrap_or(false);
+                if is_ca && !out.contains(der) {
+                    out.push(der.clone().into_owned());
+                }
+            }
+        }
+        out
+    }
+
     /// Reads every certificate fresh from disk for the TLS layer. A
     /// certificate is usable when its chain parses, its key loads and
     /// matches, and it has not expired (one that is not yet valid is

@@ -36,7 +36,7 @@ pub use backend::FailureReason;
 pub use log::ProxyLog;
 pub use pool::Pool;
 
-use crate::certs::{CertStore, Service};
+use crate::certs::Service;
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 use crate::tls::resolver::CertificateSet;
@@ -75,25 +75,6 @@ pub enum ProxyStartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-}
-
-/// CA certificates held in the certificate store: the intermediates of
-/// imported chains (the store does not keep roots). Backends are trusted
-/// when they chain to one of them.
-pub fn store_ca_certificates(store: &CertStore) -> Vec<CertificateDer<'static>> {
-    let mut out = Vec::new();
-    for c in store.load().usable {
-        for der in &c.certified_key.cert {
-            let is_ca = x509_parser::parse_x509_certificate(der.as_ref())
-                .ok()
-                .and_then(|(_, x)| x.basic_constraints().ok().flatten().map(|b| b.value.ca))
-                .unwrap_or(false);
-            if is_ca && !out.contains(der) {
-                out.push(der.clone().into_owned());
-            }
-        }
-    }
-    out
 }
 
 /// Starts every `[[proxy]]` listener and the pools' health checks.

@@ -161,6 +161,25 @@ impl TestCa {
         }
     }
 
+    /// An intermediate CA issued by this one.
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
     pub fn write(&self, dir: &Path) -> PathBuf {
         let p = dir.join("test-ca.pem");
         std::fs::write(&p, &self.pem).unwrap();

@@ -143,6 +143,7 @@ impl Outbound {
             .to_ascii_uppercase();
         let mut loaded = None;
         let mut connectors = Vec::new();
+        let store_cas = store.map(|s| s.ca_certificates()).unwrap_or_default();
         for c in &cfg.send_connector {
             let name = c.name.get_ref().clone();
             let fail = |reason: String| OutboundError::Connector {
@@ -186,7 +187,8 @@ impl Outbound {
                     Some((u.to_string(), pw.to_string()))
                 }
             };
-            let tls = TlsContext::new(c.ca_file.as_deref(), client_cert).map_err(fail)?;
+            let tls =
+                TlsContext::new(c.ca_file.as_deref(), &store_cas, client_cert).map_err(fail)?;
             connectors.push(Arc::new(SendConnector {
                 spaces: c
                     .address_spaces

@@ -10,7 +10,8 @@
 //! | `secure`      | defer 4.7.4           | yes   | next-hop domain or tls_names  |
 //! | `fingerprint` | defer 4.7.4           | no    | SHA-256 of the leaf is pinned |
 //!
-//! Trust anchors are webpki-roots plus the connector's `ca_file`. Every
+//! Trust anchors are webpki-roots, the certificate store's CA certificates
+//! and the connector's `ca_file`. Every
 //! handshake, whatever the level, is also assessed with the full webpki
 //! check against the host name, so the per-domain memory (`memory.rs`)
 //! learns whether a peer *could* be verified even under `may`.
@@ -81,14 +82,19 @@ impl std::fmt::Debug for TlsContext {
 }
 
 impl TlsContext {
-    /// webpki-roots plus the PEM certificates in `ca_file`.
+    /// webpki-roots, the certificate store's CA certificates
+    /// (`store_cas`) and the PEM certificates in `ca_file`.
     pub fn new(
         ca_file: Option<&std::path::Path>,
+        store_cas: &[CertificateDer<'static>],
         client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
     ) -> Result<TlsContext, String> {
         crate::tls::install_provider();
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // A store certificate webpki cannot use as an anchor is skipped:
+        // it is still usable as what it is (part of a served chain).
+        let _ = roots.add_parsable_certificates(store_cas.iter().cloned());
         if let Some(path) = ca_file {
             use rustls::pki_types::pem::PemObject;
             let certs = CertificateDer::pem_file_iter(path)
