@@ -228,3 +228,35 @@ async fn secure_over_mx_accepts_hosts_inside_the_domain_only() {
     );
     assert!(outside.messages().is_empty());
 }
+
+/// A 4xx to MAIL from the preferred MX is that host's trouble: the next MX
+/// gets the message at once, no retry wait (the schedule here is 1 h).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_4xx_to_mail_from_the_first_mx_moves_on_to_the_next_one() {
+    let good = Sink::start(SinkOptions::default()).await;
+    let port = good.addr.port();
+    let busy = Sink::start_on(
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        SinkOptions {
+            defer_mail: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dns = DnsServer::start(
+        Zone::default()
+            .mx("remote.test", 10, "mx1.remote.test")
+            .mx("remote.test", 20, "mx2.remote.test")
+            .a("mx1.remote.test", "127.0.0.2")
+            .a("mx2.remote.test", "127.0.0.1"),
+    )
+    .await;
+    let relay = Relay::start("first_retry = \"1h\"", &mx_connector(&dns, port)).await;
+    relay
+        .send("sender@example.test", &["u@remote.test"], "past a busy mx")
+        .await;
+    let got = good.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "delivered through the second MX");
+    assert!(busy.messages().is_empty());
+    assert!(wait_until(WAIT, || relay.pending() == 0).await);
+}

@@ -223,6 +223,8 @@ pub struct SinkOptions {
     pub chunking: bool,
     /// Offer 8BITMIME.
     pub eightbit: bool,
+    /// Answer every MAIL with 451 (a host with a full queue or greylisting).
+    pub defer_mail: bool,
 }
 
 impl Default for SinkOptions {
@@ -236,6 +238,7 @@ impl Default for SinkOptions {
             dsn: true,
             auth: None,
             drop_after: 0,
+            defer_mail: false,
             chunking: false,
             eightbit: true,
         }
@@ -418,6 +421,8 @@ async fn sink_session(
             } else {
                 "535 5.7.8 bad credentials\r\n".into()
             }
+        } else if upper.starts_with("MAIL FROM:") && opts.defer_mail {
+            "451 4.3.2 system not accepting messages now\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             let pipelined = !r.buffer().is_empty();
             cur = Some(Got {

@@ -202,6 +202,8 @@ pub struct Session {
     pub log: SessionLog,
     pub ext: Extensions,
     pub host: String,
+    /// The peer's address (the MX or smart host address in use).
+    pub addr: SocketAddr,
     pub protection: Protection,
     pub tls: Option<TlsSummary>,
     /// `may` found STARTTLS offered but it failed, or it was not offered.
@@ -282,6 +284,7 @@ impl Session {
             log: slog,
             ext: Extensions::default(),
             host: setup.host.to_string(),
+            addr,
             protection: Protection::Plaintext,
             tls: None,
             timeout: setup.timeout,

@@ -381,10 +381,21 @@ impl Outbound {
     /// Opens a session to the first host that works. `Err` carries the
     /// error of the last host tried.
     async fn open(&self, dest: &Destination, domain: &str) -> Result<Session, OpenError> {
+        self.open_skipping(dest, domain, &[]).await
+    }
+
+    /// `open`, leaving out the addresses in `skip` (hosts that already
+    /// deferred this transaction).
+    async fn open_skipping(
+        &self,
+        dest: &Destination,
+        domain: &str,
+        skip: &[SocketAddr],
+    ) -> Result<Session, OpenError> {
         let targets = self.targets(dest).await.map_err(OpenError::Dns)?;
         let c = &dest.connector;
         let mut last: Option<SessionError> = None;
-        for (host, addr) in targets {
+        for (host, addr) in targets.into_iter().filter(|(_, a)| !skip.contains(a)) {
             let mut plaintext_only = false;
             // `secure` checks the next hop: the recipient domain for MX
             // routing, the smart host's name for a smart host.
@@ -660,6 +671,32 @@ async fn serve(out: &Arc<Outbound>, dest: &Arc<Destination>, queue: &Queue) {
                     continue;
                 }
             }
+        }
+        // A 4xx for the whole transaction (MAIL refused, or every RCPT
+        // deferred) is this host's trouble, not the destination's: try the
+        // next MX or smart host now, as Postfix does, before deferring.
+        let mut tried = vec![s.addr];
+        while let Ok(results) = &result
+            && !results.is_empty()
+            && results
+                .iter()
+                .all(|(_, r)| matches!(r, RcptResult::Deferred(..)))
+        {
+            let Ok(next) = out.open_skipping(dest, &job.domain, &tried).await else {
+                break;
+            };
+            let why = results
+                .iter()
+                .find_map(|(_, r)| match r {
+                    RcptResult::Deferred(st, d) => Some(format!("{st} {d}")),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            tracing::info!(destination = %dest.key, host = %s.host, next = %next.host, reason = %why, "transaction deferred; trying the next host");
+            s.quit().await;
+            s = next;
+            tried.push(s.addr);
+            result = s.send(&job.msg.envelope, &rcpts, &data).await;
         }
         match result {
             Ok(results) => {
