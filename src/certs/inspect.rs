@@ -238,7 +238,8 @@ pub(crate) fn sha1_raw(der: &[u8]) -> Vec<u8> {
     sha1::Sha1::digest(der).to_vec()
 }
 
-pub(crate) fn hex_upper(bytes: &[u8]) -> String {
+/// Upper-case hex, as Windows shows thumbprints.
+pub fn hex_upper(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

@@ -47,6 +47,14 @@ mod select;
 mod store;
 
 pub use error::CertError;
+pub use inspect::hex_upper;
+
+/// The SHA-1 thumbprint of a DER certificate, upper-case hex as Windows
+/// shows it: the one way certificates are named everywhere (store, events,
+/// logs, the doctor, the proxy's error pages).
+pub fn sha1_thumbprint(der: &[u8]) -> String {
+    hex_upper(&inspect::sha1_raw(der))
+}
 pub use select::{MatchedBy, Selection, choose, name_matches, select};
 pub use store::{
     CertDetails, CertStore, LoadProblem, LoadReport, LoadedCert, PendingRequest, parse_import_file,

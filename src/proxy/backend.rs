@@ -126,7 +126,7 @@ impl ServerCertVerifier for BackendVerifier {
                 Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                     rustls::OtherError(Arc::new(TrustRefusal {
                         cause,
-                        thumbprint: sha1_hex(end_entity),
+                        thumbprint: crate::certs::sha1_thumbprint(end_entity),
                     })),
                 )))
             }
@@ -167,14 +167,6 @@ impl ServerCertVerifier for BackendVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
-}
-
-pub fn sha1_hex(der: &[u8]) -> String {
-    use sha1::Digest;
-    sha1::Sha1::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
 }
 
 /// Builds the rustls client config of one pool. `store_cas` are the CA

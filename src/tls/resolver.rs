@@ -51,14 +51,6 @@ pub struct CertificateSet {
 
 const REPEAT: Duration = Duration::from_secs(3600);
 
-fn sha1_hex(der: &[u8]) -> String {
-    use sha1::Digest;
-    sha1::Sha1::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
-}
-
 impl CertificateSet {
     /// Loads the store and makes the ephemeral certificate used when
     /// nothing in the store is usable.
@@ -71,7 +63,7 @@ impl CertificateSet {
         let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der)
             .map_err(|e| format!("ephemeral key: {e}"))?;
         let cert_der = eph.cert.der().clone();
-        let ephemeral_thumb = sha1_hex(&cert_der);
+        let ephemeral_thumb = crate::certs::sha1_thumbprint(&cert_der);
         let set = Arc::new(CertificateSet {
             state: ArcSwap::from_pointee(read_state(store)),
             ephemeral: Arc::new(CertifiedKey::new(vec![cert_der], signing)),

@@ -11,7 +11,7 @@
 //! Bytes the peer sends after its 220 to STARTTLS, before the handshake,
 //! end the session (RFC 3207 §5 response injection).
 
-use super::tls::{Protection, TlsContext, TlsPolicy, sha1_thumbprint};
+use super::tls::{Protection, TlsContext, TlsPolicy};
 use crate::config::TlsLevel;
 use crate::protolog::SessionLog;
 use crate::queue::message::{Envelope, Recipient};
@@ -406,7 +406,7 @@ impl Session {
             .negotiated_cipher_suite()
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_else(|| "unknown".into());
-        let thumb = certs.first().map(sha1_thumbprint);
+        let thumb = certs.first().map(|c| crate::certs::sha1_thumbprint(c));
         // The level's own verifier already passed; `assess` says whether
         // the full webpki check would pass too (for the memory).
         self.protection = match setup.policy.level {

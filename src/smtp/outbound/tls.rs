@@ -130,27 +130,21 @@ impl TlsContext {
     /// The client config for `policy` towards `host` (MX or smart host),
     /// for mail to `domain`.
     pub fn client_config(&self, policy: &TlsPolicy, host: &str, domain: &str) -> Arc<ClientConfig> {
-        let verifier: Arc<dyn ServerCertVerifier> = match policy.level {
-            TlsLevel::Verify => Arc::new(NamesVerifier {
-                inner: self.webpki.clone(),
-                names: vec![host.to_string()],
+        let check = match policy.level {
+            TlsLevel::Verify => PeerCheck::Names(vec![host.to_string()]),
+            TlsLevel::Secure => PeerCheck::Names(if policy.names.is_empty() {
+                secure_names(host, domain)
+            } else {
+                policy.names.clone()
             }),
-            TlsLevel::Secure => Arc::new(NamesVerifier {
-                inner: self.webpki.clone(),
-                names: if policy.names.is_empty() {
-                    secure_names(host, domain)
-                } else {
-                    policy.names.clone()
-                },
-            }),
-            TlsLevel::Fingerprint => Arc::new(PinnedVerifier {
-                pins: policy.pins.clone(),
-                provider: self.provider.clone(),
-            }),
-            TlsLevel::None | TlsLevel::May | TlsLevel::Encrypt => Arc::new(AnyCertVerifier {
-                provider: self.provider.clone(),
-            }),
+            TlsLevel::Fingerprint => PeerCheck::Pins(policy.pins.clone()),
+            TlsLevel::None | TlsLevel::May | TlsLevel::Encrypt => PeerCheck::Any,
         };
+        let verifier = Arc::new(PeerVerifier {
+            check,
+            webpki: self.webpki.clone(),
+            provider: self.provider.clone(),
+        });
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("aws-lc-rs supports TLS 1.2 and 1.3")
@@ -197,18 +191,9 @@ fn secure_names(host: &str, domain: &str) -> Vec<String> {
     names
 }
 
-/// SHA-1 upper-case hex (Windows thumbprint) of a certificate.
-pub fn sha1_thumbprint(cert: &CertificateDer<'_>) -> String {
-    hex_upper(&sha1::Sha1::digest(cert.as_ref()))
-}
-
 /// SHA-256 digest of a certificate (what `fingerprint` pins).
 pub fn sha256(cert: &CertificateDer<'_>) -> [u8; 32] {
     sha2::Sha256::digest(cert.as_ref()).into()
-}
-
-pub fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 #[derive(Debug)]
@@ -227,84 +212,30 @@ impl rustls::client::ResolvesClientCert for FixedClientCert {
     }
 }
 
-fn verify12(
-    provider: &CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls12_signature(
-        message,
-        cert,
-        dss,
-        &provider.signature_verification_algorithms,
-    )
-}
-
-fn verify13(
-    provider: &CryptoProvider,
-    message: &[u8],
-    cert: &CertificateDer<'_>,
-    dss: &DigitallySignedStruct,
-) -> Result<HandshakeSignatureValid, rustls::Error> {
-    rustls::crypto::verify_tls13_signature(
-        message,
-        cert,
-        dss,
-        &provider.signature_verification_algorithms,
-    )
-}
-
-/// `may`/`encrypt`: any certificate (RFC 7435 opportunistic security);
-/// the handshake signatures are still checked so the key is really held.
+/// What a peer's certificate must pass, per TLS level. The handshake
+/// signatures are checked in every case, so the key is really held.
 #[derive(Debug)]
-struct AnyCertVerifier {
+enum PeerCheck {
+    /// `none`/`may`/`encrypt`: any certificate (RFC 7435 opportunistic
+    /// security).
+    Any,
+    /// `verify`/`secure`: webpki chain validation, passing when the leaf
+    /// is valid for any one of the names (the SNI name is not what is
+    /// checked).
+    Names(Vec<String>),
+    /// `fingerprint`: the leaf's SHA-256 must be one of the pins; no chain
+    /// or name check (the pin is the trust decision, as in Postfix).
+    Pins(Vec<[u8; 32]>),
+}
+
+#[derive(Debug)]
+struct PeerVerifier {
+    check: PeerCheck,
+    webpki: Arc<WebPkiServerVerifier>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for AnyCertVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify12(&self.provider, message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify13(&self.provider, message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `verify`/`secure`: webpki chain validation, passing when the leaf is
-/// valid for any one of `names` (the SNI name is not what is checked).
-#[derive(Debug)]
-struct NamesVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    names: Vec<String>,
-}
-
-impl ServerCertVerifier for NamesVerifier {
+impl ServerCertVerifier for PeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -313,23 +244,39 @@ impl ServerCertVerifier for NamesVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut last = rustls::Error::General("no name to verify against".into());
-        for n in &self.names {
-            let Ok(name) = ServerName::try_from(n.clone()) else {
-                continue;
-            };
-            match self.inner.verify_server_cert(
-                end_entity,
-                intermediates,
-                &name,
-                ocsp_response,
-                now,
-            ) {
-                Ok(v) => return Ok(v),
-                Err(e) => last = e,
+        match &self.check {
+            PeerCheck::Any => Ok(ServerCertVerified::assertion()),
+            PeerCheck::Names(names) => {
+                let mut last = rustls::Error::General("no name to verify against".into());
+                for n in names {
+                    let Ok(name) = ServerName::try_from(n.clone()) else {
+                        continue;
+                    };
+                    match self.webpki.verify_server_cert(
+                        end_entity,
+                        intermediates,
+                        &name,
+                        ocsp_response,
+                        now,
+                    ) {
+                        Ok(v) => return Ok(v),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+            PeerCheck::Pins(pins) => {
+                let digest = sha256(end_entity);
+                if pins.contains(&digest) {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::General(format!(
+                        "certificate fingerprint {} is not pinned",
+                        crate::certs::hex_upper(&digest)
+                    )))
+                }
             }
         }
-        Err(last)
     }
     fn verify_tls12_signature(
         &self,
@@ -337,7 +284,12 @@ impl ServerCertVerifier for NamesVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -345,55 +297,12 @@ impl ServerCertVerifier for NamesVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `fingerprint`: the leaf's SHA-256 must be one of the pins; no chain or
-/// name check (the pin is the trust decision, as in Postfix).
-#[derive(Debug)]
-struct PinnedVerifier {
-    pins: Vec<[u8; 32]>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let digest = sha256(end_entity);
-        if self.pins.contains(&digest) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate fingerprint {} is not pinned",
-                hex_upper(&digest)
-            )))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify12(&self.provider, message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify13(&self.provider, message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider

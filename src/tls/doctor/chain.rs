@@ -46,10 +46,6 @@ impl ChainCert {
     }
 }
 
-fn hex_upper(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
 fn iso(unix: i64) -> String {
     let t = if unix >= 0 {
         UNIX_EPOCH + Duration::from_secs(unix as u64)
@@ -105,8 +101,8 @@ pub fn summarize(der: &[u8], now: SystemTime) -> Result<ChainCert, String> {
         not_before: iso(nb),
         not_after: iso(na),
         days_left: (na - unix_now(now)).div_euclid(86_400),
-        sha1: hex_upper(&sha1::Sha1::digest(der)),
-        sha256: hex_upper(&sha2::Sha256::digest(der)),
+        sha1: crate::certs::sha1_thumbprint(der),
+        sha256: crate::certs::hex_upper(&sha2::Sha256::digest(der)),
         self_signed,
         not_before_unix: nb,
         not_after_unix: na,
