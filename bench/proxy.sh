@@ -95,7 +95,8 @@ http {
 }
 EOF
 nginx -p "$WORK" -c "$WORK/backend.conf" -g 'daemon off;' 2>logs/backend.stderr &
-PIDS+=($!)
+B_PID=$!
+PIDS+=($B_PID)
 wait_port "$B_PORT" 10 || die "backend nginx did not start"
 
 # --- Gatehouse --------------------------------------------------------------------
@@ -168,7 +169,8 @@ http {
 }
 EOF
 nginx -p "$WORK" -c "$WORK/front.conf" -g 'daemon off;' 2>logs/front.stderr &
-PIDS+=($!)
+N_PID=$!
+PIDS+=($N_PID)
 wait_port "$N_PORT" 10 || die "nginx front did not start"
 
 # Both must serve the file through the verified backend before measuring.
@@ -176,6 +178,20 @@ for p in "$G_PORT" "$N_PORT"; do
     n=$(curl -sk "https://127.0.0.1:$p/owa/index.html" | wc -c)
     [ "$n" = 1024 ] || die "port $p did not return the 1 KiB file ($n bytes)"
 done
+
+# cpu_ticks PID...: user+system clock ticks of each PID and its children
+# (nginx's workers are children of its master; Gatehouse is one process).
+cpu_ticks() {
+    local t=0 p c
+    for p in "$@"; do
+        for c in "$p" $(pgrep -P "$p" || true); do
+            [ -r "/proc/$c/stat" ] || continue
+            t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$c/stat")))
+        done
+    done
+    echo "$t"
+}
+HZ=$(getconf CLK_TCK)
 
 # run_wrk PORT SECONDS -> "req/s p50_ms p99_ms"
 run_wrk() {
@@ -202,17 +218,28 @@ say "warm-up ${WARMUP}s each"
 run_wrk "$G_PORT" "$WARMUP" >/dev/null
 run_wrk "$N_PORT" "$WARMUP" >/dev/null
 say "measuring ${DURATION}s each: wrk -t$THREADS -c$CONNECTIONS --latency"
+# CPU per request: the proxy itself (Gatehouse, or nginx front master +
+# workers) and the shared backend, measured around each wrk run.
+G0=$(cpu_ticks "$GH_PID"); B0=$(cpu_ticks "$B_PID")
 read -r G_RPS G_P50 G_P99 <<<"$(run_wrk "$G_PORT" "$DURATION")"
+G1=$(cpu_ticks "$GH_PID"); B1=$(cpu_ticks "$B_PID")
+N0=$(cpu_ticks "$N_PID"); B2=$(cpu_ticks "$B_PID")
 read -r N_RPS N_P50 N_P99 <<<"$(run_wrk "$N_PORT" "$DURATION")"
+N1=$(cpu_ticks "$N_PID"); B3=$(cpu_ticks "$B_PID")
+us_per_req() { # ticks requests_per_s -> µs of CPU per request
+    awk -v t="$1" -v r="$2" -v d="$DURATION" -v hz="$HZ" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }'
+}
+G_CPU=$(us_per_req $((G1 - G0)) "$G_RPS"); GB_CPU=$(us_per_req $((B1 - B0)) "$G_RPS")
+N_CPU=$(us_per_req $((N1 - N0)) "$N_RPS"); NB_CPU=$(us_per_req $((B3 - B2)) "$N_RPS")
 
-python3 - "$G_RPS" "$G_P50" "$G_P99" "$N_RPS" "$N_P50" "$N_P99" <<'PY'
+python3 - "$G_RPS" "$G_P50" "$G_P99" "$N_RPS" "$N_P50" "$N_P99" "$G_CPU" "$N_CPU" "$GB_CPU" "$NB_CPU" <<'PY'
 import sys
-g_rps, g50, g99, n_rps, n50, n99 = map(float, sys.argv[1:])
-print("| proxy | req/s | p50 (ms) | p99 (ms) |")
-print("|---|---|---|---|")
-print(f"| Gatehouse | {g_rps:.0f} | {g50:.2f} | {g99:.2f} |")
-print(f"| nginx | {n_rps:.0f} | {n50:.2f} | {n99:.2f} |")
-print(f"| ratio Gatehouse/nginx | {g_rps / n_rps:.2f}x | {g50 / n50:.2f}x | {g99 / n99:.2f}x |")
+g_rps, g50, g99, n_rps, n50, n99, gc, nc, gb, nb = map(float, sys.argv[1:])
+print("| proxy | req/s | p50 (ms) | p99 (ms) | proxy CPU µs/req | backend CPU µs/req |")
+print("|---|---|---|---|---|---|")
+print(f"| Gatehouse | {g_rps:.0f} | {g50:.2f} | {g99:.2f} | {gc:.1f} | {gb:.1f} |")
+print(f"| nginx | {n_rps:.0f} | {n50:.2f} | {n99:.2f} | {nc:.1f} | {nb:.1f} |")
+print(f"| ratio Gatehouse/nginx | {g_rps / n_rps:.2f}x | {g50 / n50:.2f}x | {g99 / n99:.2f}x | {gc / nc:.2f}x | |")
 ok = g_rps >= n_rps and g99 <= n99
 print()
 print(f"bar (req/s >= nginx and p99 <= nginx): {'met' if ok else 'NOT met'}")

@@ -50,13 +50,32 @@ pub fn rfc5322(t: SystemTime) -> String {
 
 /// `2026-11-23T10:00:00.123Z`.
 pub fn iso8601_millis(t: SystemTime) -> String {
+    let mut s = String::with_capacity(24);
+    push_iso8601_millis(&mut s, t);
+    s
+}
+
+/// Appends `iso8601_millis(t)` to `out` without allocating (hot paths:
+/// one per proxied request).
+pub fn push_iso8601_millis(out: &mut String, t: SystemTime) {
     let (y, m, d, sod, ms) = split(t);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            if let Some(c) = b.get_mut(i) {
+                *c = b'0' + (v % 10) as u8;
+            }
+            v /= 10;
+        }
+    };
+    put(0, 4, u64::try_from(y).unwrap_or(0).min(9999));
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(d));
+    put(11, 2, sod / 3600);
+    put(14, 2, sod / 60 % 60);
+    put(17, 2, sod % 60);
+    put(20, 3, u64::from(ms));
+    out.push_str(std::str::from_utf8(&b).unwrap_or("1970-01-01T00:00:00.000Z"));
 }
 
 #[cfg(test)]

@@ -743,3 +743,82 @@ fn to_pem(label: &str, der: &[u8]) -> String {
     out.push_str(&format!("-----END {label}-----\n"));
     out
 }
+
+/// A plain-HTTP backend that answers the first request of each
+/// connection (keep-alive) and closes the connection, without an answer,
+/// when a second request arrives on it: what a backend whose keep-alive
+/// timer fired just as the proxy reused the connection looks like.
+/// Returns its address and the number of connections it accepted.
+async fn closes_after_one_request() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    let Ok(k) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if k == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..k]);
+                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if answered {
+                            // The second request: close without a word.
+                            return;
+                        }
+                        head.drain(..end + 4);
+                        answered = true;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (a, n)
+}
+
+#[tokio::test]
+async fn a_stale_keep_alive_connection_is_retried_for_idempotent_requests_only() {
+    let (backend, connections) = closes_after_one_request().await;
+    let t = proxy(
+        &[("/", "p")],
+        &format!(
+            "\n[[backend_pool]]\nname = \"p\"\ntls = false\n[[backend_pool.server]]\naddress = \"{backend}\"\n"
+        ),
+        "",
+    )
+    .await;
+    let mut c = Client::h1(addr(&t)).await;
+    assert_eq!(c.get("/owa/", &[]).await.0, 200);
+    // Idle long enough for the connection to count as possibly stale.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (status, _, body) = c.get("/owa/", &[]).await;
+    assert_eq!(status, 200, "GET retried on a new connection: {body}");
+    assert_eq!(body, "first");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A POST is not idempotent: it is not sent twice.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let req = hyper::Request::post("/owa/")
+        .header("host", "mail.example.test")
+        .body(full("a=1"))
+        .unwrap();
+    let resp = c.send(req).await;
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-gatehouse-error"], "BackendProtocolError");
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    t.server.shutdown().await;
+}

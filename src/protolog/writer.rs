@@ -15,7 +15,7 @@ use super::{
     Counters, Event, Line, LogKind, MAX_FIELD_BYTES, Msg, ProtocolLogConfig, QUEUE_BYTES,
     QUEUE_LINES, next_session_id,
 };
-use crate::timefmt::{civil_from_days, iso8601_millis};
+use crate::timefmt::{civil_from_days, iso8601_millis, push_iso8601_millis};
 
 /// How long written lines may sit in the buffer, and how long to wait
 /// before retrying to create a file after a failure.
@@ -512,7 +512,7 @@ pub(super) fn format_line(out: &mut String, line: &Line) {
         }
         _ => {}
     }
-    out.push_str(&iso8601_millis(line.time));
+    push_iso8601_millis(out, line.time);
     out.push(',');
     push_field(out, &line.connector);
     let _ = write!(out, ",{:016X},{},", line.session, line.seq);
@@ -536,6 +536,14 @@ pub(super) fn format_line(out: &mut String, line: &Line) {
 /// is always one physical line; then RFC 4180 quoting applies when the text
 /// holds a comma or a double quote.
 pub(super) fn push_field(out: &mut String, s: &str) {
+    // Fast path: nothing to quote or replace (U+2028/U+2029 start with
+    // 0xE2; any byte >= 0x80 takes the careful path, as do C1 controls).
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b',' && b != b'"')
+    {
+        out.push_str(s);
+        return;
+    }
     let quote = s.contains([',', '"']);
     if quote {
         out.push('"');

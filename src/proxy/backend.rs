@@ -82,6 +82,11 @@ pub struct BackendFailure {
     pub detail: String,
     /// SHA-1 of the backend's leaf certificate for trust failures.
     pub thumbprint: Option<String>,
+    /// The request reached the backend (a timeout then is 504, not 502).
+    pub after_sending: bool,
+    /// The connection was closed or reset before any response byte: what
+    /// a keep-alive connection the backend had just closed looks like.
+    pub stale_close: bool,
 }
 
 impl BackendFailure {
@@ -90,6 +95,8 @@ impl BackendFailure {
             reason,
             detail: detail.into(),
             thumbprint: None,
+            after_sending: false,
+            stale_close: false,
         }
     }
 }
@@ -253,8 +260,8 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub tls_name: String,
-    /// `host:port` as configured, for logs and pages.
-    pub display: String,
+    /// `host:port` as configured, for logs and events.
+    pub display: Arc<str>,
 }
 
 impl Endpoint {
@@ -264,7 +271,7 @@ impl Endpoint {
             host,
             port,
             tls_name: s.tls_name(),
-            display: s.address.get_ref().clone(),
+            display: s.address.get_ref().as_str().into(),
         })
     }
 }
@@ -357,6 +364,8 @@ fn classify_tls(e: &std::io::Error, ep: &Endpoint) -> BackendFailure {
                 ep.display, ep.tls_name, refusal.cause
             ),
             thumbprint: Some(refusal.thumbprint.clone()),
+            after_sending: false,
+            stale_close: false,
         };
     }
     let reason = match e.kind() {

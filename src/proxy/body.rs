@@ -14,7 +14,8 @@
 //! * an optional `Lease` dropped when the body ends, which returns the
 //!   backend connection to its pool (only after a complete response) and
 //!   decrements the server's outstanding-request count;
-//! * a byte counter the HttpProxy log reads.
+//! * a byte count the HttpProxy log reads (given to the end hook, or kept
+//!   in a shared counter for the request body, which hyper consumes).
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -51,9 +52,9 @@ pub enum StreamError {
 }
 
 /// Something to run when the body is dropped, told whether it ended
-/// cleanly.
+/// cleanly and how many data bytes passed.
 pub trait OnEnd: Send {
-    fn finish(self: Box<Self>, complete: bool);
+    fn finish(self: Box<Self>, complete: bool, bytes: u64);
 }
 
 /// A body passed through with a limit, an idle timer, a byte counter and
@@ -68,13 +69,13 @@ pub struct Streamed<B> {
     /// ready at once never touches the timer wheel.
     last: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    counter: Arc<AtomicU64>,
+    counter: Option<Arc<AtomicU64>>,
     on_end: Option<Box<dyn OnEnd>>,
     complete: bool,
 }
 
 impl<B> Streamed<B> {
-    pub fn new(inner: B, limit: u64, idle: Duration, counter: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: B, limit: u64, idle: Duration) -> Self {
         Streamed {
             inner,
             limit,
@@ -82,10 +83,17 @@ impl<B> Streamed<B> {
             idle,
             last: tokio::time::Instant::now(),
             timer: None,
-            counter,
+            counter: None,
             on_end: None,
             complete: false,
         }
+    }
+
+    /// Also adds the data bytes to `counter` as they pass (for a body
+    /// handed to hyper, whose end the proxy does not see).
+    pub fn counted(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.counter = Some(counter);
+        self
     }
 
     pub fn on_end(mut self, hook: Box<dyn OnEnd>) -> Self {
@@ -97,7 +105,7 @@ impl<B> Streamed<B> {
 impl<B> Drop for Streamed<B> {
     fn drop(&mut self) {
         if let Some(hook) = self.on_end.take() {
-            hook.finish(self.complete);
+            hook.finish(self.complete, self.seen);
         }
     }
 }
@@ -130,7 +138,9 @@ where
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     this.seen = this.seen.saturating_add(n);
-                    this.counter.fetch_add(n, Ordering::Relaxed);
+                    if let Some(c) = &this.counter {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(StreamError::TooLarge(this.limit)))));
                     }
@@ -203,12 +213,8 @@ mod tests {
     #[tokio::test]
     async fn a_silent_body_ends_after_the_idle_timeout() {
         let counter = Arc::new(AtomicU64::new(0));
-        let mut b = Streamed::new(
-            Stalls(false),
-            10,
-            Duration::from_millis(150),
-            counter.clone(),
-        );
+        let mut b =
+            Streamed::new(Stalls(false), 10, Duration::from_millis(150)).counted(counter.clone());
         let start = tokio::time::Instant::now();
         assert!(b.frame().await.unwrap().is_ok());
         let err = b.frame().await.unwrap().unwrap_err();
@@ -220,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_cut() {
-        let mut b = Streamed::new(Stalls(false), 2, Duration::from_secs(5), Arc::default());
+        let mut b = Streamed::new(Stalls(false), 2, Duration::from_secs(5));
         let err = b.frame().await.unwrap().unwrap_err();
         assert!(err.to_string().contains("limit of 2 bytes"), "{err}");
     }

@@ -16,7 +16,7 @@
 use super::backend::{BackendFailure, FailureReason, Sender};
 use super::body::{OnEnd, ProxyBody, StreamError, Streamed, full};
 use super::headers::{self, HeadRefusal};
-use super::log::{ProxyLog, RequestRecord};
+use super::log::{ProxyLog, RequestId, RequestRecord};
 use super::pool::{Lease, Pool, Server};
 use super::routes::RouteTable;
 use crate::events;
@@ -41,7 +41,9 @@ pub struct Listener {
     pub channel_idle_timeout: Duration,
     pub idle_timeout: Duration,
     pub log: ProxyLog,
-    pub server_host: String,
+    pub server_host: Arc<str>,
+    /// The empty text, shared (log columns not known yet).
+    pub none: Arc<str>,
 }
 
 /// Per client connection: who it is and its pinned backend connection.
@@ -52,6 +54,8 @@ pub struct ClientConn {
     pub both_lengths: Arc<std::sync::atomic::AtomicBool>,
     /// Requests whose response has not ended yet.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Whether `pin` holds a connection (read without the lock).
+    pinned: std::sync::atomic::AtomicBool,
     pin: tokio::sync::Mutex<Option<Pinned>>,
 }
 
@@ -80,6 +84,7 @@ impl ClientConn {
             peer,
             both_lengths: Arc::default(),
             in_flight: Default::default(),
+            pinned: Default::default(),
             pin: tokio::sync::Mutex::new(None),
         }
     }
@@ -87,28 +92,17 @@ impl ClientConn {
 
 /// Outcome of the attempt to get a backend response.
 enum Failure {
-    Backend(BackendFailure, String),
+    Backend(BackendFailure, Arc<str>),
     NoServer,
     TooLarge(u64),
     ChannelIdle,
 }
 
-static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn request_id() -> String {
-    // getpid is a system call: once is enough.
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!(
-        "{:08x}-{:04x}-{n:012x}",
-        t as u32,
-        *PID.get_or_init(std::process::id) & 0xffff
-    )
-}
+/// A connection idle for longer than this may have been closed by the
+/// backend's keep-alive timer just as it is reused: an idempotent
+/// bodiless request sent on it keeps a copy of its head for one retry
+/// (RFC 9112 §9.3.1). Connections used more recently skip the copy.
+const STALE_AFTER: Duration = Duration::from_secs(1);
 
 pub async fn handle(
     l: Arc<Listener>,
@@ -116,12 +110,34 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
-    let guard = InFlight(conn.clone());
-    let mut rec = RequestRecord::new(request_id(), conn.peer.ip(), &req, &l.server_host);
-    let id = HeaderValue::from_str(&rec.request_id).ok();
-    let mut resp = match proxy(&l, &conn, req, &mut rec, guard).await {
-        // Logged by `Finish` when the response body ends.
-        Ok(resp) => resp,
+    let in_flight = InFlight(conn.clone());
+    let mut rec = RequestRecord::new(
+        RequestId::next(),
+        conn.peer.ip(),
+        &req,
+        &l.server_host,
+        &l.none,
+    );
+    let id = HeaderValue::from_bytes(rec.request_id.as_str().as_bytes()).ok();
+    let mut resp = match proxy(&l, &conn, req, &mut rec).await {
+        Ok((resp, lease)) => {
+            let (mut rparts, rbody) = resp.into_parts();
+            rec.backend_status = rparts.status.as_u16();
+            rec.status = rec.backend_status;
+            headers::remove_hop_by_hop(&mut rparts.headers);
+            let finish = Finish {
+                _in_flight: in_flight,
+                lease,
+                rec,
+                log: l.log.clone(),
+            };
+            // Logged by `Finish` when the response body ends.
+            let body = Streamed::new(rbody, u64::MAX, l.channel_idle_timeout)
+                .on_end(Box::new(finish))
+                .checked()
+                .boxed_unsync();
+            Response::from_parts(rparts, body)
+        }
         Err(page) => {
             rec.status = page.status().as_u16();
             rec.total = rec.started.elapsed();
@@ -146,17 +162,18 @@ struct Finish {
 }
 
 impl OnEnd for Finish {
-    fn finish(self: Box<Self>, complete: bool) {
+    fn finish(self: Box<Self>, complete: bool, bytes: u64) {
         let Finish {
             _in_flight,
             lease,
             mut rec,
             log,
         } = *self;
-        Box::new(lease).finish(complete);
+        lease.end(complete);
         if !complete && rec.error_code.is_empty() {
-            rec.error_code = "ResponseIncomplete".into();
+            rec.error_code = "ResponseIncomplete";
         }
+        rec.response_bytes = bytes;
         rec.total = rec.started.elapsed();
         log.write(&rec);
     }
@@ -169,8 +186,7 @@ async fn proxy(
     conn: &ClientConn,
     req: Request<Incoming>,
     rec: &mut RequestRecord,
-    in_flight: InFlight,
-) -> Result<Page, Page> {
+) -> Result<(Response<Incoming>, Lease), Page> {
     let mut head = headers::check_request_head(req.headers(), l.max_headers);
     if head.is_ok()
         && req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -194,13 +210,13 @@ async fn proxy(
                 "TooManyHeaders",
             ),
         };
-        rec.error_code = code.into();
+        rec.error_code = code;
         // The framing cannot be trusted: close after answering.
         return Err(with_close(page(status, why, code)));
     }
     // A reverse proxy for mail services: no tunnels to arbitrary hosts.
     if req.method() == hyper::Method::CONNECT {
-        rec.error_code = "MethodNotAllowed".into();
+        rec.error_code = "MethodNotAllowed";
         return Err(page(
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not proxied",
@@ -208,7 +224,7 @@ async fn proxy(
         ));
     }
     let Some(route) = l.routes.find(req.uri().path()) else {
-        rec.error_code = "NoRoute".into();
+        rec.error_code = "NoRoute";
         return Err(page(
             StatusCode::NOT_FOUND,
             "no route for this path",
@@ -226,7 +242,7 @@ async fn proxy(
     if let Some(n) = content_length(req.headers())
         && n > limit
     {
-        rec.error_code = "RequestTooLarge".into();
+        rec.error_code = "RequestTooLarge";
         return Err(with_close(page(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("request body of {n} bytes exceeds the limit of {limit} bytes"),
@@ -235,12 +251,15 @@ async fn proxy(
     }
 
     let (mut parts, body) = req.into_parts();
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    // The client's Host (HTTP/1.1) or :authority (HTTP/2), as a value:
+    // a Host header is passed on without a copy.
+    let client_host = match parts.headers.remove(header::HOST) {
+        Some(h) => Some(h),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     let anchor = headers::anchor_mailbox(
         &parts.headers,
         parts.uri.query(),
@@ -248,129 +267,94 @@ async fn proxy(
         pool.anchor_query.as_deref(),
     );
     let scheme = headers::auth_scheme(&parts.headers);
-    rec.anchor = anchor.clone().unwrap_or_default();
-    rec.auth_type = scheme.clone().unwrap_or_default();
     headers::remove_hop_by_hop(&mut parts.headers);
-    headers::add_forwarding(&mut parts.headers, conn.peer.ip(), client_host.as_deref());
-    parts.headers.remove(header::HOST);
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/")
-        .parse()
-        .unwrap_or_default();
+    headers::add_forwarding(&mut parts.headers, conn.peer.ip(), client_host.as_ref());
+    // Backends get origin-form (`/path?query`); HTTP/2 requests and
+    // absolute-form requests carry a scheme and authority to drop.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/")
+            .parse()
+            .unwrap_or_default();
+    }
     parts.version = Version::HTTP_11;
     let bodiless = hyper::body::Body::is_end_stream(&body);
-    let body = Streamed::new(
-        body,
-        limit,
-        l.channel_idle_timeout,
-        rec.request_bytes.clone(),
-    )
-    .checked()
-    .boxed_unsync();
+    let body = if bodiless {
+        super::body::empty()
+    } else {
+        let counter = Arc::new(AtomicU64::new(0));
+        rec.request_bytes = Some(counter.clone());
+        Streamed::new(body, limit, l.channel_idle_timeout)
+            .counted(counter)
+            .checked()
+            .boxed_unsync()
+    };
 
     let wants_pin = scheme.as_deref().is_some_and(headers::is_connection_auth);
+    rec.anchor = anchor;
+    rec.auth_type = scheme;
     let backend_started = Instant::now();
-    let result = if wants_pin || conn.pin.lock().await.is_some() {
-        send_pinned(
-            l,
-            conn,
-            &pool,
-            anchor.as_deref(),
-            parts,
-            body,
-            client_host,
-            is_rpc,
-            rec,
-        )
-        .await
+    let result = if wants_pin || conn.pinned.load(Ordering::Relaxed) {
+        send_pinned(l, conn, &pool, parts, body, client_host, is_rpc, rec).await
     } else {
-        send_pooled(
-            l,
-            &pool,
-            anchor.as_deref(),
-            parts,
-            body,
-            bodiless,
-            client_host,
-            is_rpc,
-            rec,
-        )
-        .await
+        send_pooled(l, &pool, parts, body, bodiless, client_host, is_rpc, rec).await
     };
     rec.backend_latency = backend_started.elapsed();
-    match result {
-        Ok((resp, lease)) => {
-            let (mut rparts, rbody) = resp.into_parts();
-            rec.backend_status = rparts.status.as_u16();
-            rec.status = rec.backend_status;
-            headers::remove_hop_by_hop(&mut rparts.headers);
-            let finish = Finish {
-                _in_flight: in_flight,
-                lease,
-                rec: std::mem::take(rec),
-                log: l.log.clone(),
-            };
-            let body = Streamed::new(
-                rbody,
-                u64::MAX,
-                l.channel_idle_timeout,
-                finish.rec.response_bytes.clone(),
-            )
-            .on_end(Box::new(finish))
-            .checked()
-            .boxed_unsync();
-            Ok(Response::from_parts(rparts, body))
-        }
-        Err(Failure::NoServer) => {
-            rec.error_code = "NoHealthyServer".into();
+    result.map_err(|failure| failure_page(&pool, failure, rec))
+}
+
+/// The page for a request that got no backend response.
+fn failure_page(pool: &Pool, failure: Failure, rec: &mut RequestRecord) -> Page {
+    match failure {
+        Failure::NoServer => {
+            rec.error_code = "NoHealthyServer";
             let why = if pool.servers.is_empty() {
                 format!("backend pool `{}` has no servers configured", pool.name)
             } else {
                 format!("no healthy server in backend pool `{}`", pool.name)
             };
-            Err(page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &why,
-                "NoHealthyServer",
-            ))
+            page(StatusCode::SERVICE_UNAVAILABLE, &why, "NoHealthyServer")
         }
-        Err(Failure::TooLarge(n)) => {
-            rec.error_code = "RequestTooLarge".into();
-            Err(with_close(page(
+        Failure::TooLarge(n) => {
+            rec.error_code = "RequestTooLarge";
+            with_close(page(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request body exceeds the limit of {n} bytes"),
                 "RequestTooLarge",
-            )))
+            ))
         }
-        Err(Failure::ChannelIdle) => {
-            rec.error_code = "ChannelIdleTimeout".into();
-            Err(with_close(page(
+        Failure::ChannelIdle => {
+            rec.error_code = "ChannelIdleTimeout";
+            with_close(page(
                 StatusCode::REQUEST_TIMEOUT,
                 "no request data within the channel idle timeout",
                 "ChannelIdleTimeout",
-            )))
+            ))
         }
-        Err(Failure::Backend(f, server)) => {
-            rec.error_code = f.reason.code().into();
-            rec.target_server = server.clone();
+        Failure::Backend(f, server) => {
+            rec.error_code = f.reason.code();
             rec.generic_errors = format!("{}: {}", f.reason.as_str(), f.detail);
-            report_failure(&pool, &server, &f);
-            let status = if f.reason == FailureReason::Timeout {
+            report_failure(pool, &server, &f);
+            rec.target_server = server;
+            // The backend could not be reached or used: 502 with the
+            // reason (seed 003). A backend that took the request but sent
+            // no response head in time: 504, as every gateway answers.
+            let status = if f.reason == FailureReason::Timeout && f.after_sending {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            Err(page(
+            page(
                 status,
                 &format!(
                     "the backend server could not be used: {}",
                     f.reason.as_str()
                 ),
                 f.reason.code(),
-            ))
+            )
         }
     }
 }
@@ -379,33 +363,37 @@ async fn proxy(
 async fn send_pooled(
     l: &Listener,
     pool: &Arc<Pool>,
-    anchor: Option<&str>,
     parts: hyper::http::request::Parts,
     body: ProxyBody,
     bodiless: bool,
-    client_host: Option<String>,
+    client_host: Option<HeaderValue>,
     is_rpc: bool,
     rec: &mut RequestRecord,
 ) -> Result<(Response<Incoming>, Lease), Failure> {
-    let server = pool.choose(anchor).ok_or(Failure::NoServer)?;
-    rec.routing_type = if anchor.is_some() {
+    let server = pool
+        .choose(rec.anchor.as_deref())
+        .ok_or(Failure::NoServer)?;
+    rec.routing_type = if rec.anchor.is_some() {
         "AnchorMailbox"
     } else {
         "LeastOutstanding"
-    }
-    .into();
+    };
     rec.target_server = server.endpoint.display.clone();
     rec.outstanding = server.outstanding();
     let display = server.endpoint.display.clone();
-    let (mut lease, reused) = pool
+    let (mut lease, idle_for) = pool
         .lease(server)
         .await
         .map_err(|f| Failure::Backend(f, display.clone()))?;
-    // A bodiless request on a reused connection may meet a backend that
-    // closed it in the meantime (RFC 9112 §9.3.1 allows a retry of an
-    // idempotent request then): keep a copy for one retry.
-    let retry = (reused && bodiless).then(|| clone_head(&parts));
-    let req = backend_request(parts, body, pool, &lease.server, client_host.as_deref());
+    // A reused connection may have been closed by the backend in the
+    // meantime. A request hyper could not start sending comes back whole
+    // and is sent again on a new connection; an idempotent bodiless one
+    // on a connection idle long enough to be stale keeps a copy of its
+    // head, in case the close is only seen after sending.
+    let copy =
+        (bodiless && parts.method.is_idempotent() && idle_for.is_some_and(|d| d >= STALE_AFTER))
+            .then(|| clone_head(&parts));
+    let req = backend_request(parts, body, pool, &lease.server, client_host.as_ref());
     count_unverified(pool);
     let Some(mut sender) = lease.conn.take() else {
         return Err(Failure::Backend(
@@ -413,32 +401,62 @@ async fn send_pooled(
             display,
         ));
     };
-    let first = send(l, &mut sender, req, is_rpc).await;
-    let resp = match (first, retry) {
-        (Err(Failure::Backend(f, _)), Some(head)) if f.reason == FailureReason::Protocol => {
-            let mut fresh = pool
+    let first = if idle_for.is_some() {
+        match await_head(l, sender.try_send_request(req), is_rpc).await {
+            Ok(r) => Ok(r),
+            Err(Retry::Unsent(req)) => Err(Some(req)),
+            Err(Retry::Sent(f)) => match copy {
+                Some(head) if is_stale_close(&f) => Err(Some(backend_request(
+                    head,
+                    super::body::empty(),
+                    pool,
+                    &lease.server,
+                    client_host.as_ref(),
+                ))),
+                _ => return Err(with_server(f, &display)),
+            },
+        }
+    } else {
+        Ok(await_head(l, sender.send_request(req), is_rpc)
+            .await
+            .map_err(|f| with_server(f.into_failure(), &display))?)
+    };
+    let resp = match first {
+        Ok(r) => r,
+        Err(Some(again)) => {
+            sender = pool
                 .connect(&lease.server)
                 .await
                 .map_err(|f| Failure::Backend(f, display.clone()))?;
-            let req = backend_request(
-                head,
-                super::body::empty(),
-                pool,
-                &lease.server,
-                client_host.as_deref(),
-            );
-            let r = send(l, &mut fresh, req, is_rpc).await;
-            sender = fresh;
-            r
+            await_head(l, sender.send_request(again), is_rpc)
+                .await
+                .map_err(|f| with_server(f.into_failure(), &display))?
         }
-        (r, _) => r,
-    }
-    .map_err(|f| match f {
-        Failure::Backend(b, _) => Failure::Backend(b, display.clone()),
-        other => other,
-    })?;
+        Err(None) => unreachable_failure(&display)?,
+    };
     lease.conn = Some(sender);
     Ok((resp, lease))
+}
+
+/// Never produced (kept total without a panic).
+fn unreachable_failure(display: &Arc<str>) -> Result<Response<Incoming>, Failure> {
+    Err(Failure::Backend(
+        BackendFailure::new(FailureReason::Protocol, "no request to retry"),
+        display.clone(),
+    ))
+}
+
+/// A failure of a request already sent that a stale keep-alive
+/// connection explains (closed or reset before any response byte).
+fn is_stale_close(f: &Failure) -> bool {
+    matches!(f, Failure::Backend(b, _) if b.reason == FailureReason::Protocol && b.stale_close)
+}
+
+fn with_server(f: Failure, display: &Arc<str>) -> Failure {
+    match f {
+        Failure::Backend(b, _) => Failure::Backend(b, display.clone()),
+        other => other,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -446,10 +464,9 @@ async fn send_pinned(
     l: &Listener,
     conn: &ClientConn,
     pool: &Arc<Pool>,
-    anchor: Option<&str>,
     parts: hyper::http::request::Parts,
     body: ProxyBody,
-    client_host: Option<String>,
+    client_host: Option<HeaderValue>,
     is_rpc: bool,
     rec: &mut RequestRecord,
 ) -> Result<(Response<Incoming>, Lease), Failure> {
@@ -460,7 +477,9 @@ async fn send_pinned(
     if !reusable {
         // New pin: the handshake (re)starts on a dedicated connection.
         *pin = None;
-        let server = pool.choose(anchor).ok_or(Failure::NoServer)?;
+        let server = pool
+            .choose(rec.anchor.as_deref())
+            .ok_or(Failure::NoServer)?;
         let display = server.endpoint.display.clone();
         let lease = Lease {
             server,
@@ -476,16 +495,17 @@ async fn send_pinned(
             server: lease.server.clone(),
             sender,
         });
+        conn.pinned.store(true, Ordering::Relaxed);
         drop(lease);
     }
     let Some(p) = pin.as_mut() else {
         return Err(Failure::NoServer);
     };
     let lease = Lease::hold(p.server.clone(), true);
-    rec.routing_type = "Pinned".into();
+    rec.routing_type = "Pinned";
     rec.target_server = p.server.endpoint.display.clone();
     let display = rec.target_server.clone();
-    let req = backend_request(parts, body, pool, &p.server, client_host.as_deref());
+    let req = backend_request(parts, body, pool, &p.server, client_host.as_ref());
     count_unverified(pool);
     // The previous response on this connection must be complete first;
     // the client's own connection is sequential, so this is short.
@@ -500,6 +520,7 @@ async fn send_pinned(
         .is_err()
     {
         *pin = None;
+        conn.pinned.store(false, Ordering::Relaxed);
         return Err(Failure::Backend(
             BackendFailure::new(FailureReason::Protocol, "pinned backend connection closed"),
             display,
@@ -507,63 +528,107 @@ async fn send_pinned(
     }
     let fut = p.sender.send_request(req);
     drop(pin);
-    let resp = await_head(l, fut, is_rpc).await.map_err(|f| match f {
-        Failure::Backend(b, _) => Failure::Backend(b, display.clone()),
-        other => other,
-    })?;
+    let resp = await_head(l, fut, is_rpc)
+        .await
+        .map_err(|f| with_server(f.into_failure(), &display))?;
     Ok((resp, lease))
 }
 
-async fn send(
-    l: &Listener,
-    sender: &mut Sender,
-    req: Request<ProxyBody>,
-    is_rpc: bool,
-) -> Result<Response<Incoming>, Failure> {
-    let fut = sender.send_request(req);
-    await_head(l, fut, is_rpc).await
+/// Why no response head came, with the request when hyper never started
+/// sending it.
+enum Retry {
+    Unsent(Request<ProxyBody>),
+    Sent(Failure),
+}
+
+impl Retry {
+    fn into_failure(self) -> Failure {
+        match self {
+            Retry::Sent(f) => f,
+            Retry::Unsent(_) => Failure::Backend(
+                BackendFailure::new(FailureReason::Protocol, "backend connection not ready"),
+                Arc::from(""),
+            ),
+        }
+    }
+}
+
+/// What hyper's two send calls fail with.
+trait SendError {
+    fn split(self) -> (hyper::Error, Option<Request<ProxyBody>>);
+}
+
+impl SendError for hyper::Error {
+    fn split(self) -> (hyper::Error, Option<Request<ProxyBody>>) {
+        (self, None)
+    }
+}
+
+impl SendError for hyper::client::conn::TrySendError<Request<ProxyBody>> {
+    fn split(mut self) -> (hyper::Error, Option<Request<ProxyBody>>) {
+        let req = self.take_message();
+        (self.into_error(), req)
+    }
 }
 
 /// Waits for the response head. RPC channels answer only when they end,
 /// so they are bounded by the channel idle timer instead.
-async fn await_head(
+async fn await_head<E: SendError>(
     l: &Listener,
-    fut: impl std::future::Future<Output = hyper::Result<Response<Incoming>>>,
+    fut: impl std::future::Future<Output = Result<Response<Incoming>, E>>,
     is_rpc: bool,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<Incoming>, Retry> {
     let r = if is_rpc {
         fut.await
     } else {
         match tokio::time::timeout(l.request_timeout, fut).await {
             Ok(r) => r,
             Err(_) => {
-                return Err(Failure::Backend(
-                    BackendFailure::new(
-                        FailureReason::Timeout,
-                        format!("no response head within {:?}", l.request_timeout),
-                    ),
-                    String::new(),
-                ));
+                let mut f = BackendFailure::new(
+                    FailureReason::Timeout,
+                    format!("no response head within {:?}", l.request_timeout),
+                );
+                f.after_sending = true;
+                return Err(Retry::Sent(Failure::Backend(f, Arc::from(""))));
             }
         }
     };
     r.map_err(|e| {
+        let (e, unsent) = e.split();
+        if let Some(req) = unsent {
+            return Retry::Unsent(req);
+        }
         // The request body's own limit or idle timer ended the send.
         let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = src {
             if let Some(se) = s.downcast_ref::<StreamError>() {
-                return match se {
+                return Retry::Sent(match se {
                     StreamError::TooLarge(n) => Failure::TooLarge(*n),
                     StreamError::Idle(_) => Failure::ChannelIdle,
-                };
+                });
             }
             src = s.source();
         }
-        Failure::Backend(
-            BackendFailure::new(FailureReason::Protocol, e.to_string()),
-            String::new(),
-        )
+        let mut f = BackendFailure::new(FailureReason::Protocol, e.to_string());
+        f.stale_close = e.is_incomplete_message() || e.is_canceled() || is_reset(&e);
+        Retry::Sent(Failure::Backend(f, Arc::from("")))
     })
+}
+
+/// A connection reset (the backend closed a connection it had unread
+/// data on) anywhere in the error's chain.
+fn is_reset(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn clone_head(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
@@ -583,14 +648,14 @@ fn backend_request(
     body: ProxyBody,
     pool: &Pool,
     server: &Server,
-    client_host: Option<&str>,
+    client_host: Option<&HeaderValue>,
 ) -> Request<ProxyBody> {
     let host = if pool.rewrite_host {
-        Some(server.endpoint.tls_name.as_str())
+        HeaderValue::from_str(&server.endpoint.tls_name).ok()
     } else {
-        client_host
+        client_host.cloned()
     };
-    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(v) = host {
         parts.headers.insert(header::HOST, v);
     }
     Request::from_parts(parts, body)

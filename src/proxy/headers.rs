@@ -3,6 +3,7 @@
 
 use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 /// Why a request's framing or head is refused before routing.
@@ -69,62 +70,87 @@ pub fn check_request_head(headers: &HeaderMap, max_headers: usize) -> Result<(),
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1), always removed, plus those the
 /// Connection field names.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "trailer",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::PROXY_AUTHORIZATION,
 ];
 
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Tokens that name a field removed anyway (or `close`) need no name
+    // of their own: the usual `Connection: keep-alive` costs nothing.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for n in named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         headers.remove(n);
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Adds X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239) for a
-/// client at `client` that asked for `host`.
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&str>) {
-    let ip = client.to_string();
-    let xff = append_list(headers, "x-forwarded-for", ip.clone());
-    insert(headers, "x-forwarded-for", &xff);
-    insert(headers, "x-forwarded-proto", "https");
+/// client at `client` that asked for `host`. The values are built on the
+/// stack: one allocation per new header value, none for the host.
+pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
+    let mut ip = StackText::<64>::new();
+    let _ = write!(ip, "{client}");
+    let xff = append_list(headers, &X_FORWARDED_FOR, ip.as_str());
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    let mut fwd = StackText::<320>::new();
     // RFC 7239 §6: IPv6 addresses are quoted and bracketed.
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    let _ = match client {
+        IpAddr::V4(v4) => write!(fwd, "for={v4};proto=https"),
+        IpAddr::V6(v6) => write!(fwd, "for=\"[{v6}]\";proto=https"),
     };
-    let mut fwd = format!("for={node};proto=https");
     if let Some(h) = host {
-        insert(headers, "x-forwarded-host", h);
-        if h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        headers.insert(X_FORWARDED_HOST, h.clone());
+        if h.len() <= 260
+            && h.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(b))
         {
-            fwd.push_str(";host=");
-            fwd.push_str(h);
+            let _ = write!(fwd, ";host=");
+            let _ = fwd.write_str(h.to_str().unwrap_or(""));
         }
     }
-    let forwarded = append_list(headers, "forwarded", fwd);
-    insert(headers, "forwarded", &forwarded);
+    let forwarded = append_list(headers, &header::FORWARDED, fwd.as_str());
+    if let Some(v) = forwarded {
+        headers.insert(header::FORWARDED, v);
+    }
 }
 
 /// Every line of a list-valued field (several lines form one list, RFC
-/// 9110 §5.3) followed by `last`.
-fn append_list(headers: &HeaderMap, name: &'static str, last: String) -> String {
+/// 9110 §5.3) followed by `last`, as one value.
+fn append_list(headers: &HeaderMap, name: &HeaderName, last: &str) -> Option<HeaderValue> {
+    if !headers.contains_key(name) {
+        return HeaderValue::from_str(last).ok();
+    }
     let mut out: Vec<&str> = headers
         .get_all(name)
         .iter()
@@ -132,13 +158,39 @@ fn append_list(headers: &HeaderMap, name: &'static str, last: String) -> String 
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();
-    out.push(&last);
-    out.join(", ")
+    out.push(last);
+    HeaderValue::from_str(&out.join(", ")).ok()
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+/// Text formatted on the stack; what does not fit is cut (the callers'
+/// texts are bounded well below `N`).
+struct StackText<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn new() -> Self {
+        StackText {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+    fn as_str(&self) -> &str {
+        self.buf
+            .get(..self.len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -316,12 +368,49 @@ mod tests {
             ("x-forwarded-for", "192.0.2.1"),
             ("x-forwarded-for", "198.51.100.2"),
         ]);
-        add_forwarding(&mut m, "::1".parse().unwrap(), Some("mail.example.test"));
+        add_forwarding(
+            &mut m,
+            "::1".parse().unwrap(),
+            Some(&HeaderValue::from_static("mail.example.test")),
+        );
         assert_eq!(m["x-forwarded-for"], "192.0.2.1, 198.51.100.2, ::1");
         assert_eq!(
             m["forwarded"],
             "for=\"[::1]\";proto=https;host=mail.example.test"
         );
         assert_eq!(m["x-forwarded-host"], "mail.example.test");
+        assert_eq!(m["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn forwarded_headers_fresh() {
+        let mut m = HeaderMap::new();
+        add_forwarding(&mut m, "192.0.2.7".parse().unwrap(), None);
+        assert_eq!(m["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(m["forwarded"], "for=192.0.2.7;proto=https");
+        assert!(!m.contains_key("x-forwarded-host"));
+        // A host with characters Forwarded cannot carry unquoted is left
+        // out of Forwarded but kept in X-Forwarded-Host.
+        let mut m = HeaderMap::new();
+        add_forwarding(
+            &mut m,
+            "192.0.2.7".parse().unwrap(),
+            Some(&HeaderValue::from_static("a b")),
+        );
+        assert_eq!(m["forwarded"], "for=192.0.2.7;proto=https");
+        assert_eq!(m["x-forwarded-host"], "a b");
+    }
+
+    #[test]
+    fn usual_connection_tokens_cost_no_name() {
+        let mut m = map(&[
+            ("connection", "keep-alive, Upgrade, TE"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("x-kept", "2"),
+        ]);
+        remove_hop_by_hop(&mut m);
+        assert_eq!(m.len(), 1);
+        assert!(m.contains_key("x-kept"));
     }
 }

@@ -6,110 +6,135 @@
 //! mailbox, authentication type, error code).
 
 use crate::protolog::{EOL, ProtocolLog, push_csv_field};
-use hyper::Request;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Uri};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-/// One request's columns.
+/// A request id: `tttttttt-pppp-nnnnnnnnnnnn` (time, process, sequence),
+/// kept inline so a request costs no allocation for it.
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 26]);
+
+impl RequestId {
+    pub fn next() -> RequestId {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        // getpid is a system call: once is enough.
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let pid = *PID.get_or_init(std::process::id) & 0xffff;
+        let mut b = [b'-'; 26];
+        let mut hex = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                if let Some(c) = b.get_mut(i) {
+                    *c = b"0123456789abcdef"[(v & 0xf) as usize];
+                }
+                v >>= 4;
+            }
+        };
+        hex(0, 8, t & 0xffff_ffff);
+        hex(9, 4, u64::from(pid));
+        hex(14, 12, n);
+        RequestId(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request's columns. What comes from the request is kept as the
+/// request's own (reference-counted) values and only turned into text
+/// when the line is written: a request costs no copies for its log.
 #[derive(Debug)]
 pub struct RequestRecord {
-    pub request_id: String,
-    pub protocol: String,
-    pub url_host: String,
-    pub url_stem: String,
-    pub url_query: String,
-    pub method: String,
-    pub client_ip: String,
-    pub user_agent: String,
-    pub server_host: String,
-    pub target_server: String,
+    pub request_id: RequestId,
+    pub protocol: Arc<str>,
+    host: Option<HeaderValue>,
+    uri: Uri,
+    method: Method,
+    pub client_ip: IpAddr,
+    user_agent: Option<HeaderValue>,
+    client_request_id: Option<HeaderValue>,
+    pub server_host: Arc<str>,
+    /// Empty until a server is chosen.
+    pub target_server: Arc<str>,
     pub status: u16,
     pub backend_status: u16,
-    pub error_code: String,
-    pub anchor: String,
-    pub auth_type: String,
-    pub client_request_id: String,
+    pub error_code: &'static str,
+    pub anchor: Option<String>,
+    pub auth_type: Option<String>,
     /// `AnchorMailbox`, `LeastOutstanding` or `Pinned`.
-    pub routing_type: String,
+    pub routing_type: &'static str,
     pub generic_errors: String,
     pub outstanding: usize,
-    pub request_bytes: Arc<AtomicU64>,
-    pub response_bytes: Arc<AtomicU64>,
+    /// Request body bytes sent on (only requests with a body count).
+    pub request_bytes: Option<Arc<AtomicU64>>,
+    pub response_bytes: u64,
     pub backend_latency: Duration,
     pub total: Duration,
     pub started: Instant,
 }
 
-impl Default for RequestRecord {
-    fn default() -> Self {
+impl RequestRecord {
+    pub fn new<B>(
+        request_id: RequestId,
+        client: IpAddr,
+        req: &Request<B>,
+        server_host: &Arc<str>,
+        none: &Arc<str>,
+    ) -> Self {
+        let h = req.headers();
         RequestRecord {
-            request_id: String::new(),
-            protocol: String::new(),
-            url_host: String::new(),
-            url_stem: String::new(),
-            url_query: String::new(),
-            method: String::new(),
-            client_ip: String::new(),
-            user_agent: String::new(),
-            server_host: String::new(),
-            target_server: String::new(),
+            request_id,
+            protocol: none.clone(),
+            host: h.get(hyper::header::HOST).cloned(),
+            uri: req.uri().clone(),
+            method: req.method().clone(),
+            client_ip: client,
+            user_agent: h.get(hyper::header::USER_AGENT).cloned(),
+            client_request_id: h.get("client-request-id").cloned(),
+            server_host: server_host.clone(),
+            target_server: none.clone(),
             status: 0,
             backend_status: 0,
-            error_code: String::new(),
-            anchor: String::new(),
-            auth_type: String::new(),
-            client_request_id: String::new(),
-            routing_type: String::new(),
+            error_code: "",
+            anchor: None,
+            auth_type: None,
+            routing_type: "",
             generic_errors: String::new(),
             outstanding: 0,
-            request_bytes: Arc::default(),
-            response_bytes: Arc::default(),
+            request_bytes: None,
+            response_bytes: 0,
             backend_latency: Duration::ZERO,
             total: Duration::ZERO,
             started: Instant::now(),
         }
     }
-}
 
-impl RequestRecord {
-    pub fn new<B>(request_id: String, client: IpAddr, req: &Request<B>, server_host: &str) -> Self {
-        let header = |n: hyper::header::HeaderName| {
-            req.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        };
-        let host = {
-            let h = header(hyper::header::HOST);
-            if h.is_empty() {
-                req.uri()
-                    .authority()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default()
-            } else {
-                h
-            }
-        };
-        RequestRecord {
-            request_id,
-            url_host: host,
-            url_stem: req.uri().path().to_string(),
-            url_query: req
-                .uri()
-                .query()
-                .map(|q| format!("?{q}"))
-                .unwrap_or_default(),
-            method: req.method().as_str().to_string(),
-            client_ip: client.to_string(),
-            user_agent: header(hyper::header::USER_AGENT),
-            client_request_id: header(hyper::header::HeaderName::from_static("client-request-id")),
-            server_host: server_host.to_string(),
-            ..Default::default()
+    fn url_host(&self) -> &str {
+        match &self.host {
+            Some(v) => v.to_str().unwrap_or(""),
+            None => self.uri.authority().map(|a| a.as_str()).unwrap_or(""),
         }
     }
+}
+
+fn value(v: &Option<HeaderValue>) -> &str {
+    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 /// The HttpProxy log: a `protolog` log of kind `HttpProxy` (the same
@@ -154,20 +179,28 @@ impl ProxyLog {
     }
 
     /// Queues one finished request (called when its response ended).
+    /// The line is formatted into a per-thread buffer, outside the lock.
     pub fn write(&self, rec: &RequestRecord) {
         if !self.log.is_enabled() {
             return;
         }
-        let line = format!(
-            "{},{}{EOL}",
-            crate::timefmt::iso8601_millis(SystemTime::now()),
-            format_record(rec)
-        );
-        let full = {
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let full = LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            crate::timefmt::push_iso8601_millis(&mut line, SystemTime::now());
+            line.push(',');
+            write_record(&mut line, rec);
+            line.push_str(EOL);
             let mut b = self.batch.lock().unwrap_or_else(|e| e.into_inner());
+            if b.capacity() == 0 {
+                b.reserve(BATCH_BYTES + 2048);
+            }
             b.push_str(&line);
             (b.len() >= BATCH_BYTES).then(|| std::mem::take(&mut *b))
-        };
+        });
         if let Some(text) = full {
             self.log.records(text);
         }
@@ -202,101 +235,99 @@ fn field(out: &mut String, s: &str) {
     out.push(',');
 }
 
-fn ms(d: Duration) -> String {
-    d.as_millis().to_string()
+/// The version columns (major, minor, build, revision), once.
+fn version_columns() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let mut version = crate::VERSION.split('.');
+        let mut v = || version.next().unwrap_or("0").to_string();
+        let (major, minor, build) = (v(), v(), v());
+        format!("{major},{minor},{build},0,")
+    })
 }
 
 /// Everything after the DateTime column, in `HTTP_PROXY_FIELDS` order.
+#[cfg(test)]
 pub fn format_record(r: &RequestRecord) -> String {
     let mut out = String::with_capacity(512);
-    let mut version = crate::VERSION.split('.');
-    let mut v = || version.next().unwrap_or("0").to_string();
-    let (major, minor, build) = (v(), v(), v());
-    let status = |n: u16| if n == 0 { String::new() } else { n.to_string() };
-    let columns: [&str; 73] = [
-        &r.request_id,
-        &major,
-        &minor,
-        &build,
-        "0",
-        &r.client_request_id,
-        &r.protocol,
-        &r.url_host,
-        &r.url_stem,
-        "",
-        &r.auth_type,
-        "",
-        "",
-        "",
-        &r.anchor,
-        &r.user_agent,
-        &r.client_ip,
-        &r.server_host,
-        &status(r.status),
-        &status(r.backend_status),
-        &r.error_code,
-        &r.method,
+    write_record(&mut out, r);
+    out
+}
+
+/// Appends everything after the DateTime column, in `HTTP_PROXY_FIELDS`
+/// order, without a line end.
+pub fn write_record(out: &mut String, r: &RequestRecord) {
+    let num = |out: &mut String, n: u64| {
+        let _ = write!(out, "{n},");
+    };
+    let status = |out: &mut String, n: u16| {
+        if n != 0 {
+            let _ = write!(out, "{n}");
+        }
+        out.push(',');
+    };
+    let empty = |out: &mut String, n: usize| {
+        for _ in 0..n {
+            out.push(',');
+        }
+    };
+    field(out, r.request_id.as_str());
+    out.push_str(version_columns());
+    field(out, value(&r.client_request_id));
+    field(out, &r.protocol);
+    field(out, r.url_host());
+    field(out, r.uri.path());
+    empty(out, 1); // ProtocolAction
+    field(out, r.auth_type.as_deref().unwrap_or(""));
+    empty(out, 3); // IsAuthenticated, AuthenticatedUser, Organization
+    field(out, r.anchor.as_deref().unwrap_or(""));
+    field(out, value(&r.user_agent));
+    let _ = write!(out, "{},", r.client_ip);
+    field(out, &r.server_host);
+    status(out, r.status);
+    status(out, r.backend_status);
+    field(out, r.error_code);
+    field(out, r.method.as_str());
+    field(
+        out,
         if r.target_server.is_empty() {
             ""
         } else {
             "Proxy"
         },
-        &r.target_server,
-        "",
-        &r.routing_type,
-        "",
-        "",
-        "",
-        "",
-        &r.request_bytes.load(Ordering::Relaxed).to_string(),
-        &r.response_bytes.load(Ordering::Relaxed).to_string(),
-        &r.outstanding.to_string(),
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        &ms(r.backend_latency),
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-        &ms(r.total),
-        "",
-        &r.url_query,
-        "",
-        "",
-        &r.generic_errors,
-        "",
-        "",
-        "",
-        "",
-        "",
-    ];
-    for c in columns {
-        field(&mut out, c);
+    );
+    field(out, &r.target_server);
+    empty(out, 1); // TargetServerVersion
+    field(out, r.routing_type);
+    empty(out, 4); // RoutingHint .. ServerLocatorLatency
+    num(
+        out,
+        r.request_bytes
+            .as_ref()
+            .map(|c| c.load(Ordering::Relaxed))
+            .unwrap_or(0),
+    );
+    num(out, r.response_bytes);
+    num(out, r.outstanding as u64);
+    empty(out, 18); // AuthModulePerfContext .. BackendProcessingLatency
+    num(out, r.backend_latency.as_millis() as u64); // BackendRespInitLatency
+    empty(out, 10); // BackendRespStreamLatency .. HttpProxyOverhead
+    num(out, r.total.as_millis() as u64); // TotalRequestTime
+    empty(out, 1); // RouteRefresherLatency
+    match r.uri.query() {
+        // A query is URI text: no control characters; quoted when needed.
+        Some(q) if q.len() < MAX_FIELD && q.is_ascii() && !q.contains([',', '"']) => {
+            out.push('?');
+            out.push_str(q);
+            out.push(',');
+        }
+        Some(q) => field(out, &format!("?{q}")),
+        None => out.push(','),
     }
-    out.pop();
-    out
+    empty(out, 2); // BackEndGenericInfo, GenericInfo
+    field(out, &r.generic_errors);
+    empty(out, 4); // EdgeTraceId .. PartitionEndpointLookupLatency
+    // RoutingStatus: the last column, no comma after it.
 }
 
 #[cfg(test)]
@@ -312,29 +343,75 @@ mod tests {
             .header("user-agent", "MSRPC, \"x\"")
             .body(())
             .unwrap();
-        let mut r = RequestRecord::new("id-1".into(), "192.0.2.9".parse().unwrap(), &req, "gh1");
+        let none: Arc<str> = Arc::from("");
+        let id = RequestId::next();
+        let mut r =
+            RequestRecord::new(id, "192.0.2.9".parse().unwrap(), &req, &"gh1".into(), &none);
         r.protocol = "RpcHttp".into();
         r.status = 200;
         r.backend_status = 200;
         r.target_server = "mbx1:443".into();
-        r.anchor = "MailboxGuid~abc".into();
+        r.anchor = Some("MailboxGuid~abc".into());
+        r.response_bytes = 4096;
+        r.backend_latency = Duration::from_millis(20);
         r.total = Duration::from_millis(1500);
+        r.generic_errors = "refused: no, really".into();
         let line = format!("2026-11-23T16:00:04.114Z,{}", format_record(&r));
         let names: Vec<&str> = crate::protolog::HTTP_PROXY_FIELDS.split(',').collect();
         let values = crate::protolog::split_csv(&line).expect("parses");
         assert_eq!(values.len(), names.len());
         let get = |n: &str| values[names.iter().position(|x| *x == n).unwrap()].as_str();
-        assert_eq!(get("RequestId"), "id-1");
+        assert_eq!(get("RequestId"), id.as_str());
+        assert_eq!(id.as_str().len(), 26);
         assert_eq!(get("Protocol"), "RpcHttp");
+        assert_eq!(get("UrlHost"), "mail.example.test");
         assert_eq!(get("UrlStem"), "/rpc/rpcproxy.dll");
         assert_eq!(get("UrlQuery"), "?guid@example.test:6001");
         assert_eq!(get("Method"), "RPC_OUT_DATA");
         assert_eq!(get("UserAgent"), "MSRPC, \"x\"");
         assert_eq!(get("ClientIpAddress"), "192.0.2.9");
+        assert_eq!(get("ServerHostName"), "gh1");
         assert_eq!(get("TargetServer"), "mbx1:443");
+        assert_eq!(get("ProxyAction"), "Proxy");
         assert_eq!(get("HttpStatus"), "200");
+        assert_eq!(get("BackEndStatus"), "200");
         assert_eq!(get("AnchorMailbox"), "MailboxGuid~abc");
+        assert_eq!(get("RequestBytes"), "0");
+        assert_eq!(get("ResponseBytes"), "4096");
+        assert_eq!(get("BackendRespInitLatency"), "20");
         assert_eq!(get("TotalRequestTime"), "1500");
+        assert_eq!(get("GenericErrors"), "refused: no, really");
         assert_eq!(get("RoutingStatus"), "");
+        assert_eq!(
+            get("MajorVersion"),
+            crate::VERSION.split('.').next().unwrap()
+        );
+        assert_eq!(get("RevisionVersion"), "0");
+    }
+
+    #[test]
+    fn a_query_with_commas_is_one_quoted_field() {
+        let req = hyper::Request::builder()
+            .uri("https://mail.example.test/owa/?a=1,2&b=3")
+            .body(())
+            .unwrap();
+        let none: Arc<str> = Arc::from("");
+        let r = RequestRecord::new(
+            RequestId::next(),
+            "::1".parse().unwrap(),
+            &req,
+            &none,
+            &none,
+        );
+        let line = format!("2026-11-23T16:00:04.114Z,{}", format_record(&r));
+        let names: Vec<&str> = crate::protolog::HTTP_PROXY_FIELDS.split(',').collect();
+        let values = crate::protolog::split_csv(&line).expect("parses");
+        assert_eq!(values.len(), names.len());
+        let get = |n: &str| values[names.iter().position(|x| *x == n).unwrap()].as_str();
+        assert_eq!(get("UrlQuery"), "?a=1,2&b=3");
+        // No Host header: the authority of an absolute URI (HTTP/2).
+        assert_eq!(get("UrlHost"), "mail.example.test");
+        assert_eq!(get("ClientIpAddress"), "::1");
+        assert_eq!(get("Method"), "GET");
     }
 }

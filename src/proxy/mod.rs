@@ -139,7 +139,8 @@ pub async fn start(
                     protocol: r
                         .protocol
                         .clone()
-                        .unwrap_or_else(|| routes::protocol_name(r.prefix.get_ref())),
+                        .unwrap_or_else(|| routes::protocol_name(r.prefix.get_ref()))
+                        .into(),
                 })
             })
             .collect();
@@ -155,7 +156,8 @@ pub async fn start(
                 Some(h) if p.log => h.clone(),
                 _ => ProxyLog::disabled(),
             },
-            server_host: hostname.to_string(),
+            server_host: hostname.into(),
+            none: Arc::from(""),
         });
         let http = Arc::new(front::http_builder(p));
         let limit = Arc::new(tokio::sync::Semaphore::new(p.max_connections));

@@ -16,14 +16,14 @@
 //! refuse traffic for `rise` intervals.
 
 use super::backend::{self, BackendFailure, Endpoint, Sender};
-use super::body::{OnEnd, empty};
+use super::body::empty;
 use crate::config::{BackendPoolConfig, HealthCheckConfig};
 use crate::events;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One backend server and its live state.
 pub struct Server {
@@ -31,7 +31,8 @@ pub struct Server {
     pub weight: u32,
     healthy: AtomicBool,
     outstanding: AtomicUsize,
-    idle: Mutex<Vec<Sender>>,
+    /// Idle connections with the instant each went idle.
+    idle: Mutex<Vec<(Sender, Instant)>>,
     max_idle: usize,
 }
 
@@ -45,11 +46,15 @@ impl Server {
 
     /// An idle connection that can take a request now, if any. Closed
     /// ones are dropped; busy ones (a response body still draining) stay.
-    fn take_idle(&self) -> Option<Sender> {
+    /// Also tells how long the connection was idle.
+    fn take_idle(&self) -> Option<(Sender, Duration)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().position(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+        idle.retain(|(s, _)| !s.is_closed());
+        // The most recently used first (LIFO): it is the least likely to
+        // have been closed by the backend's keep-alive timer.
+        let i = idle.iter().rposition(|(s, _)| s.is_ready())?;
+        let (s, since) = idle.remove(i);
+        Some((s, since.elapsed()))
     }
 
     /// Returns a connection whose response has ended. hyper marks it
@@ -75,7 +80,7 @@ impl Server {
     fn push_idle(&self, s: Sender) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
-            idle.push(s);
+            idle.push((s, Instant::now()));
         }
     }
 }
@@ -127,8 +132,10 @@ impl Drop for Lease {
     }
 }
 
-impl OnEnd for Lease {
-    fn finish(mut self: Box<Self>, complete: bool) {
+impl Lease {
+    /// The response ended: a connection whose response ended cleanly goes
+    /// back to the idle list (pinned ones stay with their client).
+    pub fn end(mut self, complete: bool) {
         if let Some(c) = self.conn.take()
             && complete
             && !self.pinned
@@ -223,19 +230,22 @@ impl Pool {
     }
 
     /// A lease on `server` with a connection: an idle one when available
-    /// (`reused` tells), else a new one.
-    pub async fn lease(&self, server: Arc<Server>) -> Result<(Lease, bool), BackendFailure> {
+    /// (then with how long it was idle), else a new one.
+    pub async fn lease(
+        &self,
+        server: Arc<Server>,
+    ) -> Result<(Lease, Option<Duration>), BackendFailure> {
         let mut lease = Lease {
             server,
             conn: None,
             pinned: false,
         };
-        if let Some(c) = lease.server.take_idle() {
+        if let Some((c, idle_for)) = lease.server.take_idle() {
             lease.conn = Some(c);
-            return Ok((lease, true));
+            return Ok((lease, Some(idle_for)));
         }
         lease.conn = Some(self.connect(&lease.server).await?);
-        Ok((lease, false))
+        Ok((lease, None))
     }
 
     pub async fn connect(&self, server: &Server) -> Result<Sender, BackendFailure> {

@@ -11,7 +11,7 @@ pub struct Route {
     pub pool: Arc<Pool>,
     pub max_body_size: u64,
     /// The HttpProxy log's Protocol column (`Owa`, `RpcHttp`, ...).
-    pub protocol: String,
+    pub protocol: Arc<str>,
 }
 
 pub struct RouteTable {
