@@ -13,13 +13,18 @@
 #             -Proto / -Host and Forwarded set, access log on (Gatehouse
 #             writes its HttpProxy log), worker_processes auto;
 #   wrk:      THREADS threads, CONNECTIONS keep-alive connections, DURATION
-#             seconds, --latency; a WARMUP run first against each.
+#             seconds, --latency; a WARMUP run first against each, then
+#             ROUNDS rounds, each running both proxies back to back in
+#             alternating order (on a shared 2-CPU machine one run varies
+#             by +-10 %: one pair of runs cannot tell a 5 % difference).
 #
-# Prints req/s, p50 and p99 per proxy and the ratios Gatehouse/nginx as a
-# markdown table. Bar (SPEC 3): Gatehouse req/s >= nginx, p99 <= nginx.
+# Prints the median req/s, p50, p99 and CPU per request of each proxy and
+# the ratios Gatehouse/nginx as a markdown table, then every run. Bar
+# (SPEC 3): Gatehouse req/s >= nginx, p99 <= nginx (medians).
 #
 # Env (defaults in brackets): THREADS [2] CONNECTIONS [50] DURATION [10]
-# WARMUP [3] GATEHOUSE_BIN (else cargo build --release) KEEP_WORK=1.
+# WARMUP [3] ROUNDS [5] GATEHOUSE_BIN (else cargo build --release)
+# KEEP_WORK=1.
 # Needs: nginx, wrk, openssl, python3, cargo.
 set -euo pipefail
 
@@ -32,6 +37,7 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-50}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
+ROUNDS=${ROUNDS:-5}
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -217,35 +223,61 @@ print(f"{rps:.0f} {p50:.2f} {p99:.2f}")
 say "warm-up ${WARMUP}s each"
 run_wrk "$G_PORT" "$WARMUP" >/dev/null
 run_wrk "$N_PORT" "$WARMUP" >/dev/null
-say "measuring ${DURATION}s each: wrk -t$THREADS -c$CONNECTIONS --latency"
-# CPU per request: the proxy itself (Gatehouse, or nginx front master +
-# workers) and the shared backend, measured around each wrk run.
-G0=$(cpu_ticks "$GH_PID"); B0=$(cpu_ticks "$B_PID")
-read -r G_RPS G_P50 G_P99 <<<"$(run_wrk "$G_PORT" "$DURATION")"
-G1=$(cpu_ticks "$GH_PID"); B1=$(cpu_ticks "$B_PID")
-N0=$(cpu_ticks "$N_PID"); B2=$(cpu_ticks "$B_PID")
-read -r N_RPS N_P50 N_P99 <<<"$(run_wrk "$N_PORT" "$DURATION")"
-N1=$(cpu_ticks "$N_PID"); B3=$(cpu_ticks "$B_PID")
-us_per_req() { # ticks requests_per_s -> µs of CPU per request
-    awk -v t="$1" -v r="$2" -v d="$DURATION" -v hz="$HZ" 'BEGIN { printf "%.1f", t / hz * 1e6 / (r * d) }'
+say "measuring: $ROUNDS rounds of ${DURATION}s each, order alternating: wrk -t$THREADS -c$CONNECTIONS --latency"
+# One round runs both proxies back to back; the order alternates so
+# neither always gets the warmer (or noisier) slot. Per run: req/s, p50,
+# p99, and the CPU per request of the proxy itself (Gatehouse, or the
+# nginx front's master + workers) and of the shared backend.
+measure() { # label port pid -> one line "label rps p50 p99 proxy_us backend_us"
+    local p0 b0 p1 b1 rps p50 p99
+    p0=$(cpu_ticks "$3"); b0=$(cpu_ticks "$B_PID")
+    read -r rps p50 p99 <<<"$(run_wrk "$2" "$DURATION")"
+    p1=$(cpu_ticks "$3"); b1=$(cpu_ticks "$B_PID")
+    awk -v l="$1" -v r="$rps" -v a="$p50" -v b="$p99" -v p=$((p1 - p0)) -v k=$((b1 - b0)) \
+        -v d="$DURATION" -v hz="$HZ" \
+        'BEGIN { printf "%s %s %s %s %.1f %.1f\n", l, r, a, b, p / hz * 1e6 / (r * d), k / hz * 1e6 / (r * d) }'
 }
-G_CPU=$(us_per_req $((G1 - G0)) "$G_RPS"); GB_CPU=$(us_per_req $((B1 - B0)) "$G_RPS")
-N_CPU=$(us_per_req $((N1 - N0)) "$N_RPS"); NB_CPU=$(us_per_req $((B3 - B2)) "$N_RPS")
+RUNS=$WORK/runs.txt
+: > "$RUNS"
+for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then
+        measure gatehouse "$G_PORT" "$GH_PID" >>"$RUNS"
+        measure nginx "$N_PORT" "$N_PID" >>"$RUNS"
+    else
+        measure nginx "$N_PORT" "$N_PID" >>"$RUNS"
+        measure gatehouse "$G_PORT" "$GH_PID" >>"$RUNS"
+    fi
+    say "round $r: $(tail -n2 "$RUNS" | tr '\n' ' ')"
+done
 
-python3 - "$G_RPS" "$G_P50" "$G_P99" "$N_RPS" "$N_P50" "$N_P99" "$G_CPU" "$N_CPU" "$GB_CPU" "$NB_CPU" <<'PY'
-import sys
-g_rps, g50, g99, n_rps, n50, n99, gc, nc, gb, nb = map(float, sys.argv[1:])
+python3 - "$RUNS" <<'PY'
+import statistics, sys
+runs = {"gatehouse": [], "nginx": []}
+for line in open(sys.argv[1]):
+    l, *v = line.split()
+    runs[l].append(list(map(float, v)))
+def med(who, i):
+    return statistics.median(r[i] for r in runs[who])
+g = [med("gatehouse", i) for i in range(5)]
+n = [med("nginx", i) for i in range(5)]
+print(f"medians of {len(runs['gatehouse'])} runs each (every run below):")
+print()
 print("| proxy | req/s | p50 (ms) | p99 (ms) | proxy CPU µs/req | backend CPU µs/req |")
 print("|---|---|---|---|---|---|")
-print(f"| Gatehouse | {g_rps:.0f} | {g50:.2f} | {g99:.2f} | {gc:.1f} | {gb:.1f} |")
-print(f"| nginx | {n_rps:.0f} | {n50:.2f} | {n99:.2f} | {nc:.1f} | {nb:.1f} |")
-print(f"| ratio Gatehouse/nginx | {g_rps / n_rps:.2f}x | {g50 / n50:.2f}x | {g99 / n99:.2f}x | {gc / nc:.2f}x | |")
-ok = g_rps >= n_rps and g99 <= n99
+print(f"| Gatehouse | {g[0]:.0f} | {g[1]:.2f} | {g[2]:.2f} | {g[3]:.1f} | {g[4]:.1f} |")
+print(f"| nginx | {n[0]:.0f} | {n[1]:.2f} | {n[2]:.2f} | {n[3]:.1f} | {n[4]:.1f} |")
+print(f"| ratio Gatehouse/nginx | {g[0] / n[0]:.2f}x | {g[1] / n[1]:.2f}x | {g[2] / n[2]:.2f}x | {g[3] / n[3]:.2f}x | |")
 print()
-print(f"bar (req/s >= nginx and p99 <= nginx): {'met' if ok else 'NOT met'}")
+print("| run | Gatehouse req/s | nginx req/s | ratio | Gatehouse p99 | nginx p99 |")
+print("|---|---|---|---|---|---|")
+for i, (a, b) in enumerate(zip(runs["gatehouse"], runs["nginx"]), 1):
+    print(f"| {i} | {a[0]:.0f} | {b[0]:.0f} | {a[0] / b[0]:.2f}x | {a[2]:.2f} | {b[2]:.2f} |")
+ok = g[0] >= n[0] and g[2] <= n[2]
+print()
+print(f"bar (median req/s >= nginx and median p99 <= nginx): {'met' if ok else 'NOT met'}")
 # Machine-readable lines for bench/all.sh.
-print(f"BENCH-RESULT|proxy req/s (wrk, TLS keep-alive)|nginx|{n_rps:.0f}|{g_rps:.0f}|{g_rps / n_rps:.2f}|≥ nginx|{'met' if g_rps >= n_rps else 'not met'}")
-print(f"BENCH-RESULT|proxy p99 latency (ms)|nginx|{n99:.2f}|{g99:.2f}|{g99 / n99:.2f}|≤ nginx|{'met' if g99 <= n99 else 'not met'}")
+print(f"BENCH-RESULT|proxy req/s (wrk, TLS keep-alive, median of {len(runs['nginx'])})|nginx|{n[0]:.0f}|{g[0]:.0f}|{g[0] / n[0]:.2f}|≥ nginx|{'met' if g[0] >= n[0] else 'not met'}")
+print(f"BENCH-RESULT|proxy p99 latency (ms, median of {len(runs['nginx'])})|nginx|{n[2]:.2f}|{g[2]:.2f}|{g[2] / n[2]:.2f}|≤ nginx|{'met' if g[2] <= n[2] else 'not met'}")
 PY
 nproc_=$(nproc)
 echo

@@ -20,14 +20,20 @@
 
 use super::body::ProxyBody;
 use crate::config::{BackendPoolConfig, BackendServerConfig};
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1;
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -278,12 +284,164 @@ impl Endpoint {
 
 pub type Sender = http1::SendRequest<ProxyBody>;
 
+type ConnFuture = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// One HTTP/1.1 backend connection whose I/O is driven by the request
+/// using it, not by a task of its own: the request's task polls the
+/// connection while it waits for the response head (`send`) and while
+/// the response body streams (`DrivenBody`). A proxied request then costs
+/// no wake-ups between tasks (hyper's default spawns the connection and
+/// hands every head and body chunk across a channel to another task,
+/// often on the other worker thread). Idle connections in the pool are
+/// not polled; `refresh` notices a close that arrived in the meantime.
+/// Pinned connections and health probes `detach` into their own task.
+pub struct BackendConn {
+    pub sender: Sender,
+    /// `None` once the connection has ended.
+    conn: Option<ConnFuture>,
+}
+
+impl BackendConn {
+    /// Polls the connection's I/O; false once it has ended.
+    pub fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(c) = &mut self.conn
+            && c.as_mut().poll(cx).is_ready()
+        {
+            self.conn = None;
+        }
+        self.conn.is_some()
+    }
+
+    /// Drives with a no-op waker: processes whatever already arrived (a
+    /// close, the end of a response) without waiting.
+    pub fn refresh(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.drive(&mut cx)
+    }
+
+    /// Alive and ready for a request now.
+    pub fn is_ready(&mut self) -> bool {
+        self.refresh() && self.sender.is_ready()
+    }
+
+    /// Sends a request; a request hyper could not start sending comes
+    /// back in the error.
+    pub async fn send(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        let BackendConn { sender, conn } = self;
+        let mut fut = std::pin::pin!(sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            if let Some(c) = conn
+                && c.as_mut().poll(cx).is_ready()
+            {
+                *conn = None;
+            }
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Gives the connection its own task (pinned connections, probes).
+    pub fn detach(mut self) -> Sender {
+        if let Some(c) = self.conn.take() {
+            tokio::spawn(async move {
+                let _ = c.await;
+            });
+        }
+        self.sender
+    }
+}
+
+/// A backend response body that drives its connection while it is read
+/// and, once it ended cleanly, returns the connection to its server's
+/// idle list.
+pub struct DrivenBody {
+    body: Incoming,
+    conn: Option<(BackendConn, Arc<super::pool::Server>)>,
+    ended: bool,
+}
+
+impl DrivenBody {
+    /// `conn`: the connection to drive and where it goes back to; `None`
+    /// for a connection with a task of its own (pinned).
+    pub fn new(body: Incoming, conn: Option<(BackendConn, Arc<super::pool::Server>)>) -> Self {
+        let ended = hyper::body::Body::is_end_stream(&body);
+        DrivenBody { body, conn, ended }
+    }
+}
+
+impl hyper::body::Body for DrivenBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        // Twice: the first body poll may only tell the connection that
+        // data is wanted; the second drive then reads and hands it over.
+        for _ in 0..2 {
+            if let Some((c, _)) = &mut this.conn {
+                c.drive(cx);
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => continue,
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(r)) => {
+                    if hyper::body::Body::is_end_stream(&this.body) {
+                        this.ended = true;
+                    }
+                    return Poll::Ready(Some(r));
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for DrivenBody {
+    fn drop(&mut self) {
+        let Some((mut c, server)) = self.conn.take() else {
+            return;
+        };
+        if !self.ended {
+            return; // a half-read response: the connection is unusable
+        }
+        // The connection turns idle once it has seen the end of the
+        // response; that is normally already there to process.
+        for _ in 0..3 {
+            if !c.refresh() {
+                return;
+            }
+            if c.sender.is_ready() {
+                server.push_idle(c);
+                return;
+            }
+        }
+        server.give_back_later(c);
+    }
+}
+
 /// Opens one HTTP/1.1 connection to `ep` (TLS when `tls` is set).
 pub async fn connect(
     ep: &Endpoint,
     tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: Duration,
-) -> Result<Sender, BackendFailure> {
+) -> Result<BackendConn, BackendFailure> {
     match tokio::time::timeout(timeout, connect_inner(ep, tls)).await {
         Ok(r) => r,
         Err(_) => Err(BackendFailure::new(
@@ -296,7 +454,7 @@ pub async fn connect(
 async fn connect_inner(
     ep: &Endpoint,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<Sender, BackendFailure> {
+) -> Result<BackendConn, BackendFailure> {
     let tcp = TcpStream::connect((ep.host.as_str(), ep.port))
         .await
         .map_err(|e| {
@@ -308,15 +466,19 @@ async fn connect_inner(
             BackendFailure::new(reason, format!("connecting to {}: {e}", ep.display))
         })?;
     let _ = tcp.set_nodelay(true);
-    let builder = http1::Builder::new();
+    let mut builder = http1::Builder::new();
+    // Head and body in one buffer: one TLS record, not one per slice.
+    builder.writev(false);
     match tls {
         None => {
             let (sender, conn) = builder
                 .handshake::<_, ProxyBody>(TokioIo::new(tcp))
                 .await
                 .map_err(|e| BackendFailure::new(FailureReason::Protocol, e.to_string()))?;
-            tokio::spawn(conn);
-            Ok(sender)
+            Ok(BackendConn {
+                sender,
+                conn: Some(Box::pin(conn)),
+            })
         }
         Some(cfg) => {
             let name = ServerName::try_from(ep.tls_name.clone()).map_err(|e| {
@@ -333,8 +495,10 @@ async fn connect_inner(
                 .handshake::<_, ProxyBody>(TokioIo::new(stream))
                 .await
                 .map_err(|e| BackendFailure::new(FailureReason::Protocol, e.to_string()))?;
-            tokio::spawn(conn);
-            Ok(sender)
+            Ok(BackendConn {
+                sender,
+                conn: Some(Box::pin(conn)),
+            })
         }
     }
 }

@@ -36,6 +36,10 @@ pub fn http_builder(cfg: &crate::config::ProxyConfig) -> auto::Builder<TokioExec
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.idle_timeout.0)
         .keep_alive(true)
+        // One buffer per write, not head and body as separate slices:
+        // rustls makes one TLS record per slice, so a vectored write
+        // doubles the records (and the client's decryptions) per response.
+        .writev(false)
         .max_buf_size(header_bytes)
         .max_headers(cfg.max_headers);
     b.http2()
@@ -47,8 +51,12 @@ pub fn http_builder(cfg: &crate::config::ProxyConfig) -> auto::Builder<TokioExec
     b
 }
 
-pub struct Front {
-    pub listener: TcpListener,
+/// What a front needs besides its socket.
+pub struct FrontParts {
+    /// Open connections per thread of this listener, and this thread's
+    /// index into it (accept balancing).
+    pub load: Arc<[std::sync::atomic::AtomicUsize]>,
+    pub thread: usize,
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub handler: Arc<Listener>,
     pub http: Arc<auto::Builder<TokioExecutor>>,
@@ -56,33 +64,101 @@ pub struct Front {
     pub handshake_timeout: Duration,
 }
 
+/// The body of one proxy thread: a current-thread runtime serving `l`
+/// until shutdown, then keeping its connections' tasks alive (they are
+/// in the server's session tracker, which the server waits for) until
+/// `alive` closes.
+pub fn serve_on_thread(
+    l: std::net::TcpListener,
+    parts: FrontParts,
+    shutdown: Shutdown,
+    mut alive: tokio::sync::watch::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(listener = %parts.handler.name, "cannot start a proxy thread's runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listener = %parts.handler.name, "cannot use the proxy socket: {e}");
+                return;
+            }
+        };
+        let front = Front { listener, parts };
+        tokio::select! {
+            _ = front.run(shutdown) => {}
+            _ = alive.changed() => return,
+        }
+        // Shutting down: the listener is closed; connections finish.
+        let _ = alive.changed().await;
+    });
+}
+
+pub struct Front {
+    pub listener: TcpListener,
+    pub parts: FrontParts,
+}
+
 impl Front {
     pub async fn run(self, shutdown: Shutdown) {
+        let Front { listener, parts } = self;
+        let FrontParts {
+            load,
+            thread,
+            acceptor,
+            handler,
+            http,
+            limit,
+            handshake_timeout,
+        } = parts;
+        use std::sync::atomic::Ordering::Relaxed;
         loop {
+            // Every thread is woken for a new connection; one that already
+            // holds more connections than the least loaded thread gives the
+            // others a moment to take it (a burst of connects would
+            // otherwise all land on whichever thread woke first).
+            let mine = load.get(thread).map_or(0, |c| c.load(Relaxed));
+            let least = load.iter().map(|c| c.load(Relaxed)).min().unwrap_or(0);
+            if mine > least + 1 {
+                tokio::select! {
+                    _ = shutdown.token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+            }
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.token.cancelled() => return,
-                r = self.listener.accept() => match r {
+                r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(listener = %self.handler.name, "accept failed: {e}");
+                        tracing::warn!(listener = %handler.name, "accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
-            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-                tracing::debug!(listener = %self.handler.name, %peer, "connection limit reached");
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::debug!(listener = %handler.name, %peer, "connection limit reached");
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = self.acceptor.clone();
-            let handler = self.handler.clone();
-            let http = self.http.clone();
+            let acceptor = acceptor.clone();
+            let handler = handler.clone();
+            let http = http.clone();
             let token = shutdown.token.clone();
-            let hs_timeout = self.handshake_timeout;
+            let hs_timeout = handshake_timeout;
+            let counted = Counted::new(load.clone(), thread);
             shutdown.sessions.spawn(async move {
                 let _permit = permit;
+                let _counted = counted;
                 let tls = match tokio::time::timeout(hs_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
@@ -138,6 +214,26 @@ impl Front {
                     }
                 }
             });
+        }
+    }
+}
+
+/// One open connection in its thread's count, until dropped.
+struct Counted(Arc<[std::sync::atomic::AtomicUsize]>, usize);
+
+impl Counted {
+    fn new(load: Arc<[std::sync::atomic::AtomicUsize]>, i: usize) -> Counted {
+        if let Some(c) = load.get(i) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Counted(load, i)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.get(self.1) {
+            c.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

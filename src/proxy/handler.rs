@@ -13,7 +13,7 @@
 //! words and an `X-Gatehouse-Error` code; backend failures also emit an
 //! event naming the backend (rate-limited per backend and reason).
 
-use super::backend::{BackendFailure, FailureReason, Sender};
+use super::backend::{BackendConn, BackendFailure, DrivenBody, FailureReason, Sender};
 use super::body::{OnEnd, ProxyBody, StreamError, Streamed, full};
 use super::headers::{self, HeadRefusal};
 use super::log::{ProxyLog, RequestId, RequestRecord};
@@ -120,8 +120,9 @@ pub async fn handle(
     );
     let id = HeaderValue::from_bytes(rec.request_id.as_str().as_bytes()).ok();
     let mut resp = match proxy(&l, &conn, req, &mut rec).await {
-        Ok((resp, lease)) => {
+        Ok(Sent { resp, lease, conn }) => {
             let (mut rparts, rbody) = resp.into_parts();
+            let rbody = DrivenBody::new(rbody, conn.map(|c| (c, lease.server.clone())));
             rec.backend_status = rparts.status.as_u16();
             rec.status = rec.backend_status;
             headers::remove_hop_by_hop(&mut rparts.headers);
@@ -169,7 +170,7 @@ impl OnEnd for Finish {
             mut rec,
             log,
         } = *self;
-        lease.end(complete);
+        drop(lease);
         if !complete && rec.error_code.is_empty() {
             rec.error_code = "ResponseIncomplete";
         }
@@ -181,12 +182,21 @@ impl OnEnd for Finish {
 
 type Page = Response<ProxyBody>;
 
+/// A backend's response head, the lease on its server, and the
+/// connection its body drives (`None` for a pinned connection, which
+/// has a task of its own).
+struct Sent {
+    resp: Response<Incoming>,
+    lease: Lease,
+    conn: Option<BackendConn>,
+}
+
 async fn proxy(
     l: &Listener,
     conn: &ClientConn,
     req: Request<Incoming>,
     rec: &mut RequestRecord,
-) -> Result<(Response<Incoming>, Lease), Page> {
+) -> Result<Sent, Page> {
     let mut head = headers::check_request_head(req.headers(), l.max_headers);
     if head.is_ok()
         && req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -369,7 +379,7 @@ async fn send_pooled(
     client_host: Option<HeaderValue>,
     is_rpc: bool,
     rec: &mut RequestRecord,
-) -> Result<(Response<Incoming>, Lease), Failure> {
+) -> Result<Sent, Failure> {
     let server = pool
         .choose(rec.anchor.as_deref())
         .ok_or(Failure::NoServer)?;
@@ -381,7 +391,7 @@ async fn send_pooled(
     rec.target_server = server.endpoint.display.clone();
     rec.outstanding = server.outstanding();
     let display = server.endpoint.display.clone();
-    let (mut lease, idle_for) = pool
+    let (lease, mut bc, idle_for) = pool
         .lease(server)
         .await
         .map_err(|f| Failure::Backend(f, display.clone()))?;
@@ -395,55 +405,39 @@ async fn send_pooled(
             .then(|| clone_head(&parts));
     let req = backend_request(parts, body, pool, &lease.server, client_host.as_ref());
     count_unverified(pool);
-    let Some(mut sender) = lease.conn.take() else {
-        return Err(Failure::Backend(
-            BackendFailure::new(FailureReason::Protocol, "no connection"),
-            display,
-        ));
-    };
-    let first = if idle_for.is_some() {
-        match await_head(l, sender.try_send_request(req), is_rpc).await {
-            Ok(r) => Ok(r),
-            Err(Retry::Unsent(req)) => Err(Some(req)),
-            Err(Retry::Sent(f)) => match copy {
-                Some(head) if is_stale_close(&f) => Err(Some(backend_request(
-                    head,
-                    super::body::empty(),
-                    pool,
-                    &lease.server,
-                    client_host.as_ref(),
-                ))),
-                _ => return Err(with_server(f, &display)),
-            },
+    let again = match await_head(l, bc.send(req), is_rpc).await {
+        Ok(resp) => {
+            return Ok(Sent {
+                resp,
+                lease,
+                conn: Some(bc),
+            });
         }
-    } else {
-        Ok(await_head(l, sender.send_request(req), is_rpc)
-            .await
-            .map_err(|f| with_server(f.into_failure(), &display))?)
+        Err(Retry::Unsent(req)) if idle_for.is_some() => req,
+        Err(Retry::Sent(f)) if idle_for.is_some() && is_stale_close(&f) => match copy {
+            Some(head) => backend_request(
+                head,
+                super::body::empty(),
+                pool,
+                &lease.server,
+                client_host.as_ref(),
+            ),
+            None => return Err(with_server(f, &display)),
+        },
+        Err(r) => return Err(with_server(r.into_failure(), &display)),
     };
-    let resp = match first {
-        Ok(r) => r,
-        Err(Some(again)) => {
-            sender = pool
-                .connect(&lease.server)
-                .await
-                .map_err(|f| Failure::Backend(f, display.clone()))?;
-            await_head(l, sender.send_request(again), is_rpc)
-                .await
-                .map_err(|f| with_server(f.into_failure(), &display))?
-        }
-        Err(None) => unreachable_failure(&display)?,
-    };
-    lease.conn = Some(sender);
-    Ok((resp, lease))
-}
-
-/// Never produced (kept total without a panic).
-fn unreachable_failure(display: &Arc<str>) -> Result<Response<Incoming>, Failure> {
-    Err(Failure::Backend(
-        BackendFailure::new(FailureReason::Protocol, "no request to retry"),
-        display.clone(),
-    ))
+    let mut bc = pool
+        .connect(&lease.server)
+        .await
+        .map_err(|f| Failure::Backend(f, display.clone()))?;
+    let resp = await_head(l, bc.send(again), is_rpc)
+        .await
+        .map_err(|f| with_server(f.into_failure(), &display))?;
+    Ok(Sent {
+        resp,
+        lease,
+        conn: Some(bc),
+    })
 }
 
 /// A failure of a request already sent that a stale keep-alive
@@ -469,7 +463,7 @@ async fn send_pinned(
     client_host: Option<HeaderValue>,
     is_rpc: bool,
     rec: &mut RequestRecord,
-) -> Result<(Response<Incoming>, Lease), Failure> {
+) -> Result<Sent, Failure> {
     let mut pin = conn.pin.lock().await;
     let reusable = pin
         .as_ref()
@@ -481,15 +475,13 @@ async fn send_pinned(
             .choose(rec.anchor.as_deref())
             .ok_or(Failure::NoServer)?;
         let display = server.endpoint.display.clone();
-        let lease = Lease {
-            server,
-            conn: None,
-            pinned: true,
-        };
+        // Gives back the count `choose` took when dropped.
+        let lease = Lease { server };
         let sender = pool
             .connect(&lease.server)
             .await
-            .map_err(|f| Failure::Backend(f, display))?;
+            .map_err(|f| Failure::Backend(f, display))?
+            .detach();
         *pin = Some(Pinned {
             pool: pool.name.clone(),
             server: lease.server.clone(),
@@ -501,7 +493,7 @@ async fn send_pinned(
     let Some(p) = pin.as_mut() else {
         return Err(Failure::NoServer);
     };
-    let lease = Lease::hold(p.server.clone(), true);
+    let lease = Lease::hold(p.server.clone());
     rec.routing_type = "Pinned";
     rec.target_server = p.server.endpoint.display.clone();
     let display = rec.target_server.clone();
@@ -531,7 +523,11 @@ async fn send_pinned(
     let resp = await_head(l, fut, is_rpc)
         .await
         .map_err(|f| with_server(f.into_failure(), &display))?;
-    Ok((resp, lease))
+    Ok(Sent {
+        resp,
+        lease,
+        conn: None,
+    })
 }
 
 /// Why no response head came, with the request when hyper never started

@@ -70,6 +70,8 @@ pub enum ProxyStartError {
     Pool(String),
     #[error("TLS set-up failed for proxy `{0}`: {1}")]
     Tls(String, String),
+    #[error("cannot start the proxy's threads: {0}")]
+    Thread(std::io::Error),
     #[error("cannot open the HttpProxy log in {path}: {source}")]
     Log {
         path: std::path::PathBuf,
@@ -115,6 +117,8 @@ pub async fn start(
         None
     };
     let mut listeners = Vec::new();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (alive_tx, alive_rx) = tokio::sync::watch::channel(());
     for p in &cfg.proxy {
         let name = p.name.get_ref().clone();
         let fqdn = p
@@ -178,17 +182,40 @@ pub async fn start(
                 source,
             })?;
             listeners.push((name.clone(), listener.local_addr().unwrap_or(addr)));
-            let front = front::Front {
-                listener,
-                acceptor: acceptor.clone(),
-                handler: handler.clone(),
-                http: http.clone(),
-                limit: limit.clone(),
-                handshake_timeout: p.idle_timeout.0.min(std::time::Duration::from_secs(30)),
-            };
-            tasks.push(tokio::spawn(front.run(shutdown.clone())));
+            // One front per thread, each on its own current-thread runtime
+            // with its own epoll, all accepting from the one socket (like
+            // nginx's workers): a request never crosses threads, and no
+            // thread waits for another to hand it work.
+            let shared = listener.into_std().map_err(ProxyStartError::Thread)?;
+            let load: Arc<[std::sync::atomic::AtomicUsize]> =
+                (0..threads).map(|_| Default::default()).collect();
+            for i in 0..threads {
+                let l = shared.try_clone().map_err(ProxyStartError::Thread)?;
+                let front = front::FrontParts {
+                    load: load.clone(),
+                    thread: i,
+                    acceptor: acceptor.clone(),
+                    handler: handler.clone(),
+                    http: http.clone(),
+                    limit: limit.clone(),
+                    handshake_timeout: p.idle_timeout.0.min(std::time::Duration::from_secs(30)),
+                };
+                let shutdown = shutdown.clone();
+                let alive = alive_rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("proxy-{i}"))
+                    .spawn(move || front::serve_on_thread(l, front, shutdown, alive))
+                    .map_err(ProxyStartError::Thread)?;
+            }
         }
     }
+    // The proxy threads run until this task ends: when the server aborts
+    // its accept tasks at the end of shutdown, or when the runtime that
+    // started them goes away (a test that never shut its server down).
+    tasks.push(tokio::spawn(async move {
+        let _alive = alive_tx;
+        std::future::pending::<()>().await
+    }));
     Ok(RunningProxy {
         listeners,
         pools: all_pools,

@@ -15,7 +15,7 @@
 //! thresholds) per server; servers start healthy so a fresh start does not
 //! refuse traffic for `rise` intervals.
 
-use super::backend::{self, BackendFailure, Endpoint, Sender};
+use super::backend::{self, BackendConn, BackendFailure, Endpoint};
 use super::body::empty;
 use crate::config::{BackendPoolConfig, HealthCheckConfig};
 use crate::events;
@@ -31,8 +31,11 @@ pub struct Server {
     pub weight: u32,
     healthy: AtomicBool,
     outstanding: AtomicUsize,
-    /// Idle connections with the instant each went idle.
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// Idle connections with the instant each went idle and the proxy
+    /// thread whose runtime its socket is registered with: a connection
+    /// is only reused on that thread (driven from another one, its I/O
+    /// events would wait for the first thread's runtime).
+    idle: Mutex<Vec<(BackendConn, Instant, std::thread::ThreadId)>>,
     max_idle: usize,
 }
 
@@ -44,44 +47,46 @@ impl Server {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// An idle connection that can take a request now, if any. Closed
-    /// ones are dropped; busy ones (a response body still draining) stay.
-    /// Also tells how long the connection was idle.
-    fn take_idle(&self) -> Option<(Sender, Duration)> {
+    /// An idle connection that can take a request now, if any, with how
+    /// long it was idle. Closed ones are dropped. The most recently used
+    /// first (LIFO): the least likely to have been closed by the
+    /// backend's keep-alive timer.
+    fn take_idle(&self) -> Option<(BackendConn, Duration)> {
+        let me = std::thread::current().id();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(s, _)| !s.is_closed());
-        // The most recently used first (LIFO): it is the least likely to
-        // have been closed by the backend's keep-alive timer.
-        let i = idle.iter().rposition(|(s, _)| s.is_ready())?;
-        let (s, since) = idle.remove(i);
-        Some((s, since.elapsed()))
-    }
-
-    /// Returns a connection whose response has ended. hyper marks it
-    /// ready only once its task has finished the response, which may be a
-    /// moment later: a small task waits for that (bounded), so the idle
-    /// list only ever holds connections that can take a request at once.
-    fn give_back(self: &Arc<Self>, mut s: Sender) {
-        if s.is_closed() {
-            return;
-        }
-        if s.is_ready() {
-            self.push_idle(s);
-            return;
-        }
-        let server = self.clone();
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), s.ready()).await {
-                server.push_idle(s);
+        while let Some(i) = idle.iter().rposition(|(_, _, t)| *t == me) {
+            let (mut c, since, _) = idle.remove(i);
+            if c.is_ready() {
+                return Some((c, since.elapsed()));
             }
-        });
+        }
+        None
     }
 
-    fn push_idle(&self, s: Sender) {
+    /// Keeps a connection that can take a request at once.
+    pub(super) fn push_idle(&self, c: BackendConn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
-            idle.push((s, Instant::now()));
+            idle.push((c, Instant::now(), std::thread::current().id()));
         }
+    }
+
+    /// A connection whose response ended but which has not turned idle
+    /// yet (rare: the end was not processed): a small task drives it
+    /// until it is ready (bounded), then keeps it.
+    pub(super) fn give_back_later(self: &Arc<Self>, mut c: BackendConn) {
+        let server = self.clone();
+        tokio::spawn(async move {
+            let ready = std::future::poll_fn(|cx| {
+                if !c.drive(cx) {
+                    return std::task::Poll::Ready(false);
+                }
+                c.sender.poll_ready(cx).map(|r| r.is_ok())
+            });
+            if let Ok(true) = tokio::time::timeout(Duration::from_secs(5), ready).await {
+                server.push_idle(c);
+            }
+        });
     }
 }
 
@@ -103,45 +108,24 @@ pub struct Pool {
 }
 
 /// A server picked for a request: holds one outstanding-request count
-/// until dropped, and returns a connection to the idle list when the
-/// response ended cleanly.
+/// until dropped (the connection itself goes back to the idle list from
+/// its response body, `backend::DrivenBody`).
 pub struct Lease {
     pub server: Arc<Server>,
-    pub conn: Option<Sender>,
-    /// The connection is pinned to a client connection (NTLM): it must
-    /// not go back to the shared idle list.
-    pub pinned: bool,
 }
 
 impl Lease {
     /// A lease on a connection kept elsewhere (a pinned one): counts one
     /// outstanding request on `server` until dropped.
-    pub fn hold(server: Arc<Server>, pinned: bool) -> Lease {
+    pub fn hold(server: Arc<Server>) -> Lease {
         server.outstanding.fetch_add(1, Ordering::Relaxed);
-        Lease {
-            server,
-            conn: None,
-            pinned,
-        }
+        Lease { server }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.server.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Lease {
-    /// The response ended: a connection whose response ended cleanly goes
-    /// back to the idle list (pinned ones stay with their client).
-    pub fn end(mut self, complete: bool) {
-        if let Some(c) = self.conn.take()
-            && complete
-            && !self.pinned
-        {
-            self.server.give_back(c);
-        }
     }
 }
 
@@ -229,26 +213,22 @@ impl Pool {
         Some(chosen)
     }
 
-    /// A lease on `server` with a connection: an idle one when available
-    /// (then with how long it was idle), else a new one.
+    /// A connection to `server` (whose outstanding count `choose` took,
+    /// held by the lease): an idle one when available (then with how long
+    /// it was idle), else a new one.
     pub async fn lease(
         &self,
         server: Arc<Server>,
-    ) -> Result<(Lease, Option<Duration>), BackendFailure> {
-        let mut lease = Lease {
-            server,
-            conn: None,
-            pinned: false,
-        };
+    ) -> Result<(Lease, BackendConn, Option<Duration>), BackendFailure> {
+        let lease = Lease { server };
         if let Some((c, idle_for)) = lease.server.take_idle() {
-            lease.conn = Some(c);
-            return Ok((lease, Some(idle_for)));
+            return Ok((lease, c, Some(idle_for)));
         }
-        lease.conn = Some(self.connect(&lease.server).await?);
-        Ok((lease, None))
+        let c = self.connect(&lease.server).await?;
+        Ok((lease, c, None))
     }
 
-    pub async fn connect(&self, server: &Server) -> Result<Sender, BackendFailure> {
+    pub async fn connect(&self, server: &Server) -> Result<BackendConn, BackendFailure> {
         backend::connect(&server.endpoint, self.tls.as_ref(), self.connect_timeout).await
     }
 
@@ -326,7 +306,7 @@ impl Pool {
 
     /// One health probe on a fresh connection; returns the status code.
     async fn probe(&self, server: &Server, path: &str) -> Result<u16, BackendFailure> {
-        let mut sender = self.connect(server).await?;
+        let mut sender = self.connect(server).await?.detach();
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, server.endpoint.tls_name.as_str())
             .header(hyper::header::USER_AGENT, "Gatehouse-HealthCheck")
