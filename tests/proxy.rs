@@ -223,6 +223,10 @@ async fn refused_backend_gets_502_refused() {
     assert!(body.contains("refused"), "{body}");
     let ev = events_about(&dead.to_string());
     assert_eq!(ev.last().map(|e| e.name), Some("ProxyBackendUnavailable"));
+    // Counted on /metrics too (pool `dead` is this test's own).
+    use gatehouse::admin::metrics::{PROXY_BACKEND_FAILURES, PROXY_REQUESTS};
+    assert_eq!(PROXY_BACKEND_FAILURES.get(&["dead", "refused"]), 1);
+    assert!(PROXY_REQUESTS.get(&["Front", "5xx"]) >= 1);
     t.server.shutdown().await;
 }
 
@@ -258,10 +262,11 @@ async fn untrusted_opt_out_applies_to_its_pool_only_and_is_logged() {
         .iter()
         .find(|p| p.name == "lax")
         .unwrap();
+    assert_eq!(lax.unverified_requests.get(), 3);
     assert_eq!(
-        lax.unverified_requests
-            .load(std::sync::atomic::Ordering::Relaxed),
-        3
+        gatehouse::admin::metrics::PROXY_UNVERIFIED_REQUESTS.get(&["lax"]),
+        3,
+        "the opt-out counter is on /metrics"
     );
     t.server.shutdown().await;
 }

@@ -152,12 +152,31 @@ pub static RELOADS: CounterVec = CounterVec::new(
     &["result"],
 );
 
+pub static PROXY_REQUESTS: CounterVec = CounterVec::new(
+    "gatehouse_proxy_requests",
+    "Proxied requests answered, by proxy listener and status class (2xx, 4xx, ...)",
+    &["proxy", "class"],
+);
+pub static PROXY_BACKEND_FAILURES: CounterVec = CounterVec::new(
+    "gatehouse_proxy_backend_failures",
+    "Requests that got no backend response, by backend pool and reason (untrusted issuer, expired, name mismatch, refused, timeout, protocol)",
+    &["pool", "reason"],
+);
+pub static PROXY_UNVERIFIED_REQUESTS: CounterVec = CounterVec::new(
+    "gatehouse_proxy_unverified_requests",
+    "Requests sent to backends without certificate verification (allow_internal_untrusted_certs), by backend pool",
+    &["pool"],
+);
+
 /// The families rendered on /metrics.
 pub static FAMILIES: &[&CounterVec] = &[
     &SMTP_SESSIONS,
     &SMTP_MESSAGES_ACCEPTED,
     &SMTP_REJECTIONS,
     &RELOADS,
+    &PROXY_REQUESTS,
+    &PROXY_BACKEND_FAILURES,
+    &PROXY_UNVERIFIED_REQUESTS,
 ];
 
 /// One receive connector's counters, resolved once so a session costs

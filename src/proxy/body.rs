@@ -64,10 +64,11 @@ pub struct Streamed<B> {
     limit: u64,
     seen: u64,
     idle: Duration,
-    /// When the last frame passed; the timer is only armed (lazily, from
-    /// this instant) while the body waits, so a body whose frames are
-    /// ready at once never touches the timer wheel.
-    last: tokio::time::Instant,
+    /// A frame passed since the timer was last set. The timer is only
+    /// armed (lazily) when the body has to wait, from that moment, so a
+    /// body whose frames are ready at once never reads the clock or
+    /// touches the timer wheel.
+    progressed: bool,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     counter: Option<Arc<AtomicU64>>,
     on_end: Option<Box<dyn OnEnd>>,
@@ -81,7 +82,7 @@ impl<B> Streamed<B> {
             limit,
             seen: 0,
             idle,
-            last: tokio::time::Instant::now(),
+            progressed: true,
             timer: None,
             counter: None,
             on_end: None,
@@ -145,7 +146,7 @@ where
                         return Poll::Ready(Some(Err(Box::new(StreamError::TooLarge(this.limit)))));
                     }
                 }
-                this.last = tokio::time::Instant::now();
+                this.progressed = true;
                 // hyper stops polling a body once its declared length
                 // has been sent: the final `None` may never be asked for.
                 if this.inner.is_end_stream() {
@@ -159,13 +160,17 @@ where
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let deadline = this.last + this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
+                if this.progressed {
+                    this.progressed = false;
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    match &mut this.timer {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
+                let Some(timer) = &mut this.timer else {
+                    return Poll::Pending;
+                };
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         Poll::Ready(Some(Err(Box::new(StreamError::Idle(this.idle)))))

@@ -174,15 +174,8 @@ impl Front {
                     .record_success(&crate::tls::Negotiated::from_connection(tls.get_ref().1));
                 let client = Arc::new(ClientConn::new(peer));
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let clock = std::time::Instant::now();
                 let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                let io = SniffIo::new(
-                    tls,
-                    client.both_lengths.clone(),
-                    !h2,
-                    activity.clone(),
-                    clock,
-                );
+                let io = SniffIo::new(tls, client.both_lengths.clone(), !h2, activity.clone());
                 let idle = handler.idle_timeout;
                 let watched = client.clone();
                 let svc = hyper::service::service_fn(move |req| {
@@ -192,8 +185,12 @@ impl Front {
                 tokio::pin!(conn);
                 // Idle: no bytes either way for `idle_timeout` and no
                 // request in flight (a quiet RPC channel is bounded by
-                // `channel_idle_timeout` instead). Checked every quarter.
+                // `channel_idle_timeout` instead). Checked every quarter:
+                // the I/O wrapper only counts transfers (no clock read per
+                // read or write); the tick notes when the count last moved.
                 let tick = (idle / 4).max(std::time::Duration::from_millis(50));
+                let mut seen = 0;
+                let mut quiet_since = tokio::time::Instant::now();
                 let mut cancelled = Cancelled::new(token);
                 loop {
                     tokio::select! {
@@ -204,10 +201,12 @@ impl Front {
                             break;
                         }
                         _ = tokio::time::sleep(tick) => {
-                            let last = activity.load(std::sync::atomic::Ordering::Relaxed);
-                            let now = clock.elapsed().as_millis() as u64;
-                            let quiet = now.saturating_sub(last);
-                            if watched.in_flight() == 0 && quiet >= idle.as_millis() as u64 {
+                            let now = tokio::time::Instant::now();
+                            let count = activity.load(std::sync::atomic::Ordering::Relaxed);
+                            if count != seen || watched.in_flight() > 0 {
+                                seen = count;
+                                quiet_since = now;
+                            } else if now.duration_since(quiet_since) >= idle {
                                 break;
                             }
                         }

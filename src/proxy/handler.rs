@@ -44,6 +44,23 @@ pub struct Listener {
     pub server_host: Arc<str>,
     /// The empty text, shared (log columns not known yet).
     pub none: Arc<str>,
+    /// `gatehouse_proxy_requests` for this listener, by status class
+    /// (1xx to 5xx), resolved once.
+    pub answered: [crate::admin::metrics::Counter; 5],
+}
+
+impl Listener {
+    pub fn answered_counters(name: &str) -> [crate::admin::metrics::Counter; 5] {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| crate::admin::metrics::PROXY_REQUESTS.handle(&[name, class]))
+    }
+
+    fn count_answer(&self, status: u16) {
+        let i = usize::from((status / 100).clamp(1, 5) - 1);
+        if let Some(c) = self.answered.get(i) {
+            c.inc();
+        }
+    }
 }
 
 /// Per client connection: who it is and its pinned backend connection.
@@ -126,6 +143,7 @@ pub async fn handle(
             rec.backend_status = rparts.status.as_u16();
             rec.status = rec.backend_status;
             headers::remove_hop_by_hop(&mut rparts.headers);
+            l.count_answer(rec.status);
             let finish = Finish {
                 _in_flight: in_flight,
                 lease,
@@ -141,6 +159,7 @@ pub async fn handle(
         }
         Err(page) => {
             rec.status = page.status().as_u16();
+            l.count_answer(rec.status);
             rec.total = rec.started.elapsed();
             l.log.write(&rec);
             page
@@ -347,6 +366,7 @@ fn failure_page(pool: &Pool, failure: Failure, rec: &mut RequestRecord) -> Page 
         Failure::Backend(f, server) => {
             rec.error_code = f.reason.code();
             rec.generic_errors = format!("{}: {}", f.reason.as_str(), f.detail);
+            crate::admin::metrics::PROXY_BACKEND_FAILURES.inc(&[&pool.name, f.reason.as_str()]);
             report_failure(pool, &server, &f);
             rec.target_server = server;
             // The backend could not be reached or used: 502 with the
@@ -659,7 +679,7 @@ fn backend_request(
 
 fn count_unverified(pool: &Pool) {
     if pool.untrusted_allowed {
-        pool.unverified_requests.fetch_add(1, Ordering::Relaxed);
+        pool.unverified_requests.inc();
     }
 }
 

@@ -162,6 +162,7 @@ pub async fn start(
             },
             server_host: hostname.into(),
             none: Arc::from(""),
+            answered: handler::Listener::answered_counters(&name),
         });
         let http = Arc::new(front::http_builder(p));
         let limit = Arc::new(tokio::sync::Semaphore::new(p.max_connections));

@@ -21,7 +21,7 @@ use crate::config::{BackendPoolConfig, HealthCheckConfig};
 use crate::events;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,8 +97,9 @@ pub struct Pool {
     /// `None`: plain HTTP to the backends.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub untrusted_allowed: bool,
-    /// Requests sent without certificate verification (opt-out counter).
-    pub unverified_requests: AtomicU64,
+    /// Requests sent without certificate verification (opt-out counter,
+    /// `gatehouse_proxy_unverified_requests` on /metrics).
+    pub unverified_requests: crate::admin::metrics::Counter,
     pub rewrite_host: bool,
     pub connect_timeout: Duration,
     pub anchor_cookie: Option<String>,
@@ -164,7 +165,8 @@ impl Pool {
             servers,
             tls,
             untrusted_allowed,
-            unverified_requests: AtomicU64::new(0),
+            unverified_requests: crate::admin::metrics::PROXY_UNVERIFIED_REQUESTS
+                .handle(&[cfg.name.get_ref()]),
             rewrite_host: cfg.rewrite_host,
             connect_timeout: cfg.connect_timeout.0,
             anchor_cookie: cfg.anchor_cookie.clone(),

@@ -1,4 +1,4 @@
-//! The client connection's I/O wrapper: records when bytes last moved
+//! The client connection's I/O wrapper: counts transfers
 //! (for the connection idle timeout, which hyper does not apply before
 //! the first request or to HTTP/2) and detects an HTTP/1.1 request head carrying both Content-Length and
 //! Transfer-Encoding, which hyper silently repairs (it drops the length,
@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const KEEP: usize = 20;
@@ -34,24 +33,16 @@ pub struct SniffIo<T> {
     saw_te: bool,
     /// Off for HTTP/2 (binary frames; no Transfer-Encoding there).
     enabled: bool,
-    /// Last time bytes moved either way (ms on `clock`), for the idle
-    /// timeout of the connection.
+    /// Counts reads and writes that moved bytes, for the idle timeout of
+    /// the connection (the connection's task compares it between ticks).
     activity: Arc<AtomicU64>,
-    clock: Instant,
 }
 
 impl<T> SniffIo<T> {
-    pub fn new(
-        inner: T,
-        flag: Arc<AtomicBool>,
-        enabled: bool,
-        activity: Arc<AtomicU64>,
-        clock: Instant,
-    ) -> Self {
+    pub fn new(inner: T, flag: Arc<AtomicBool>, enabled: bool, activity: Arc<AtomicU64>) -> Self {
         SniffIo {
             enabled,
             activity,
-            clock,
             inner,
             flag,
             line: [0; KEEP],
@@ -62,8 +53,7 @@ impl<T> SniffIo<T> {
     }
 
     fn touch(&self) {
-        let ms = self.clock.elapsed().as_millis() as u64;
-        self.activity.store(ms, Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
     fn scan(&mut self, bytes: &[u8]) {
@@ -163,7 +153,7 @@ mod tests {
 
     fn flagged(chunks: &[&[u8]]) -> bool {
         let flag = Arc::new(AtomicBool::new(false));
-        let mut s = SniffIo::new((), flag.clone(), true, Arc::default(), Instant::now());
+        let mut s = SniffIo::new((), flag.clone(), true, Arc::default());
         for c in chunks {
             s.scan(c);
         }
