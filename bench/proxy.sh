@@ -18,12 +18,14 @@
 #             alternating order (on a shared 2-CPU machine one run varies
 #             by +-10 %: one pair of runs cannot tell a 5 % difference).
 #
-# Prints the median req/s, p50, p99 and CPU per request of each proxy and
-# the ratios Gatehouse/nginx as a markdown table, then every run. Bar
-# (SPEC 3): Gatehouse req/s >= nginx, p99 <= nginx (medians).
+# Prints the median req/s, p50, p99 and CPU per request of each proxy,
+# the median of the rounds' Gatehouse/nginx ratios, and every round. Bar
+# (SPEC 3): Gatehouse req/s >= nginx and p99 <= nginx, judged on the
+# median of the per-round ratios (each round is a pair measured back to
+# back; the machine's capacity drifts between rounds).
 #
 # Env (defaults in brackets): THREADS [2] CONNECTIONS [50] DURATION [10]
-# WARMUP [3] ROUNDS [5] GATEHOUSE_BIN (else cargo build --release)
+# WARMUP [3] ROUNDS [7] GATEHOUSE_BIN (else cargo build --release)
 # KEEP_WORK=1.
 # Needs: nginx, wrk, openssl, python3, cargo.
 set -euo pipefail
@@ -37,7 +39,7 @@ THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-50}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-7}
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] FATAL: %s\n' "$*" >&2; exit 1; }
@@ -260,24 +262,30 @@ def med(who, i):
     return statistics.median(r[i] for r in runs[who])
 g = [med("gatehouse", i) for i in range(5)]
 n = [med("nginx", i) for i in range(5)]
-print(f"medians of {len(runs['gatehouse'])} runs each (every run below):")
+pairs = list(zip(runs["gatehouse"], runs["nginx"]))
+# Each round is a pair measured back to back under the same machine
+# conditions: the bar is judged on the median of the per-round ratios
+# (a paired comparison; the machine's capacity drifts between rounds).
+rps_ratio = statistics.median(a[0] / b[0] for a, b in pairs)
+p99_ratio = statistics.median(a[2] / b[2] for a, b in pairs)
+print(f"medians of {len(pairs)} rounds (every round below):")
 print()
 print("| proxy | req/s | p50 (ms) | p99 (ms) | proxy CPU µs/req | backend CPU µs/req |")
 print("|---|---|---|---|---|---|")
 print(f"| Gatehouse | {g[0]:.0f} | {g[1]:.2f} | {g[2]:.2f} | {g[3]:.1f} | {g[4]:.1f} |")
 print(f"| nginx | {n[0]:.0f} | {n[1]:.2f} | {n[2]:.2f} | {n[3]:.1f} | {n[4]:.1f} |")
-print(f"| ratio Gatehouse/nginx | {g[0] / n[0]:.2f}x | {g[1] / n[1]:.2f}x | {g[2] / n[2]:.2f}x | {g[3] / n[3]:.2f}x | |")
+print(f"| Gatehouse/nginx, median of the rounds' ratios | {rps_ratio:.2f}x | | {p99_ratio:.2f}x | {statistics.median(a[3] / b[3] for a, b in pairs):.2f}x | |")
 print()
-print("| run | Gatehouse req/s | nginx req/s | ratio | Gatehouse p99 | nginx p99 |")
-print("|---|---|---|---|---|---|")
-for i, (a, b) in enumerate(zip(runs["gatehouse"], runs["nginx"]), 1):
-    print(f"| {i} | {a[0]:.0f} | {b[0]:.0f} | {a[0] / b[0]:.2f}x | {a[2]:.2f} | {b[2]:.2f} |")
-ok = g[0] >= n[0] and g[2] <= n[2]
+print("| round | Gatehouse req/s | nginx req/s | ratio | Gatehouse p99 | nginx p99 | ratio |")
+print("|---|---|---|---|---|---|---|")
+for i, (a, b) in enumerate(pairs, 1):
+    print(f"| {i} | {a[0]:.0f} | {b[0]:.0f} | {a[0] / b[0]:.2f}x | {a[2]:.2f} | {b[2]:.2f} | {a[2] / b[2]:.2f}x |")
+ok = rps_ratio >= 1 and p99_ratio <= 1
 print()
-print(f"bar (median req/s >= nginx and median p99 <= nginx): {'met' if ok else 'NOT met'}")
+print(f"bar (median round ratio: req/s >= nginx and p99 <= nginx): {'met' if ok else 'NOT met'}")
 # Machine-readable lines for bench/all.sh.
-print(f"BENCH-RESULT|proxy req/s (wrk, TLS keep-alive, median of {len(runs['nginx'])})|nginx|{n[0]:.0f}|{g[0]:.0f}|{g[0] / n[0]:.2f}|≥ nginx|{'met' if g[0] >= n[0] else 'not met'}")
-print(f"BENCH-RESULT|proxy p99 latency (ms, median of {len(runs['nginx'])})|nginx|{n[2]:.2f}|{g[2]:.2f}|{g[2] / n[2]:.2f}|≤ nginx|{'met' if g[2] <= n[2] else 'not met'}")
+print(f"BENCH-RESULT|proxy req/s (wrk, TLS keep-alive; median of {len(pairs)} paired rounds)|nginx|{n[0]:.0f}|{g[0]:.0f}|{rps_ratio:.2f}|≥ nginx|{'met' if rps_ratio >= 1 else 'not met'}")
+print(f"BENCH-RESULT|proxy p99 latency (ms; median of {len(pairs)} paired rounds)|nginx|{n[2]:.2f}|{g[2]:.2f}|{p99_ratio:.2f}|≤ nginx|{'met' if p99_ratio <= 1 else 'not met'}")
 PY
 nproc_=$(nproc)
 echo

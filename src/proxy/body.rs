@@ -38,8 +38,12 @@ pub fn full(text: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
+/// No body. `Empty` and the closure are zero-sized: boxing them does not
+/// allocate (every bodiless request gets one).
 pub fn empty() -> ProxyBody {
-    full(Bytes::new())
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Why a streamed body stopped early.

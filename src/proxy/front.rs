@@ -194,6 +194,8 @@ impl Front {
                 let mut cancelled = Cancelled::new(token);
                 loop {
                     tokio::select! {
+                        // Fixed order: no random draw on every wake-up.
+                        biased;
                         _ = conn.as_mut() => break,
                         _ = &mut cancelled => {
                             conn.as_mut().graceful_shutdown();

@@ -8,13 +8,21 @@
 //!   <- response streamed back (body), the connection returned at its end
 //! ```
 //!
-//! Types: `Front` (one per listen address) accepts and serves
+//! Threads: each listen address is served by one `Front` per CPU, each
+//! on its own current-thread runtime, all accepting from one socket; a
+//! request stays on its thread from accept to the last byte.
+//!
+//! Types: `Front` (one per listen address and thread) accepts and serves
 //! connections; `Listener` (one per `[[proxy]]`) holds the `RouteTable`
 //! and limits; `Pool` (one per `[[backend_pool]]`, shared by listeners)
 //! holds `Server`s with health, outstanding counts and idle connections,
-//! and the pool's rustls client config; `ClientConn` holds a client
+//! and the pool's rustls client config; `BackendConn` is one backend
+//! connection driven by the request using it (`DrivenBody` drives it
+//! while the response streams and returns it to the idle list at the
+//! end); `ClientConn` holds a client
 //! connection's pinned backend connection; `Streamed` bodies carry limits,
-//! idle timers and the `Lease` that returns a connection to its pool.
+//! idle timers and the end hook that releases the `Lease` (the server's
+//! outstanding-request count) and writes the log record.
 //!
 //! Module map: `front` listener and HTTP server, `routes` prefix table,
 //! `pool` servers/health/affinity, `backend` connections and trust,
