@@ -119,9 +119,13 @@ pub struct Live {
     reloading: Mutex<()>,
 }
 
-/// The certificate set, its store and the (connector, FQDN) pairs that
-/// use TLS.
-type LiveCertificates = (Arc<CertificateSet>, CertStore, Vec<(String, String)>);
+/// The certificate set, its store and the (listener, FQDN, service) of
+/// every TLS listener.
+type LiveCertificates = (
+    Arc<CertificateSet>,
+    CertStore,
+    Vec<(String, String, crate::certs::Service)>,
+);
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -261,16 +265,30 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
     // Certificates, only when a listener offers TLS: the store creates its
     // self-signed default at first start; the set feeds every TLS listener
     // and reloads when the store changes.
-    let tls_connectors: Vec<(String, String)> = cfg
+    // Every TLS listener with the service its certificate must be enabled
+    // for: the announcements (fallback events) check each against its own.
+    let tls_connectors: Vec<(String, String, crate::certs::Service)> = cfg
         .receive_connector
         .iter()
         .filter(|c| c.tls)
-        .map(|c| (c.name.get_ref().clone(), connector_fqdn(c, &hostname)))
+        .map(|c| {
+            (
+                c.name.get_ref().clone(),
+                connector_fqdn(c, &hostname),
+                crate::certs::Service::Smtp,
+            )
+        })
+        .chain(cfg.proxy.iter().map(|p| {
+            (
+                p.name.get_ref().clone(),
+                p.fqdn
+                    .as_ref()
+                    .map_or_else(|| hostname.clone(), |f| f.to_string()),
+                crate::certs::Service::Https,
+            )
+        }))
         .collect();
-    // The proxy listeners need the store too (service https); the list
-    // above stays the SMTP connectors', which the announcements check
-    // against service smtp.
-    let tls_state = if tls_connectors.is_empty() && cfg.proxy.is_empty() {
+    let tls_state = if tls_connectors.is_empty() {
         None
     } else {
         Some(start_certificates(&data_dir, &hostname, &tls_connectors)?)
@@ -943,7 +961,7 @@ fn connector_fqdn(c: &crate::config::ReceiveConnectorConfig, hostname: &str) -> 
 fn start_certificates(
     data_dir: &std::path::Path,
     hostname: &str,
-    tls_connectors: &[(String, String)],
+    tls_connectors: &[(String, String, crate::certs::Service)],
 ) -> Result<(Arc<CertificateSet>, CertStore), StartError> {
     let store = CertStore::open(data_dir).map_err(StartError::Certificates)?;
     if let Some(thumb) = store

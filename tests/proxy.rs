@@ -827,3 +827,50 @@ async fn a_stale_keep_alive_connection_is_retried_for_idempotent_requests_only()
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
     t.server.shutdown().await;
 }
+
+/// The fallback announcement checks each TLS listener against its own
+/// service: with the only certificate enabled for smtp and not https, the
+/// proxy listener (not the SMTP connector) gets a CertificateFallback
+/// event that names https.
+#[tokio::test]
+async fn a_proxy_without_an_https_certificate_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("var");
+    let store = gatehouse::certs::CertStore::open(&data).unwrap();
+    store.ensure_default("mail.example.test").unwrap();
+    let default = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.is_default)
+        .unwrap();
+    store
+        .enable(
+            &default.sha1,
+            gatehouse::certs::Services {
+                smtp: true,
+                https: false,
+            },
+        )
+        .unwrap();
+    let b = Backend::start("mbx", None).await;
+    let text = format!(
+        "[[proxy]]\nname = \"NoHttpsCert\"\nlisten = [\"127.0.0.1:0\"]\n[[proxy.route]]\nprefix = \"/\"\npool = \"p\"\n{}",
+        pool("p", &[(&b, "mbx.test")], "tls = false")
+    );
+    let t = TestServer::start_in(dir, &data, "", &text).await;
+    let ev = events_about("NoHttpsCert");
+    assert!(
+        ev.iter()
+            .any(|e| e.name == "CertificateFallback" && e.message.contains("enabled for https")),
+        "{ev:?}"
+    );
+    // The SMTP connector has its certificate (no other test here makes a
+    // store without one): no fallback for smtp.
+    assert!(
+        !gatehouse::events::recent()
+            .iter()
+            .any(|e| e.name == "CertificateFallback" && e.message.contains("enabled for smtp")),
+    );
+    t.server.shutdown().await;
+}

@@ -110,7 +110,10 @@ impl CertificateSet {
     /// Emits the events an operator must see: unusable certificates (with
     /// the one used instead for each connector), expiry warnings. Called at
     /// start, after every reload and hourly.
-    pub fn announce(&self, connectors: &[(String, String)]) {
+    /// `listeners`: (name, FQDN, service) of every TLS listener (receive
+    /// connectors with service smtp, proxy listeners with https).
+    pub fn announce(&self, listeners: &[(String, String, Service)]) {
+        let connectors = listeners;
         let st = self.state.load();
         let now = SystemTime::now();
         for (thumb, reason) in &st.problems {
@@ -118,8 +121,8 @@ impl CertificateSet {
                 thumbprint: thumb,
                 reason,
             });
-            for (name, fqdn) in connectors {
-                let sel = select(&st.infos, Service::Smtp, None, fqdn, now);
+            for (name, fqdn, service) in connectors {
+                let sel = select(&st.infos, *service, None, fqdn, now);
                 let used = sel
                     .chosen
                     .map(|c| c.sha1.clone())
@@ -131,15 +134,16 @@ impl CertificateSet {
                 });
             }
         }
-        for (name, fqdn) in connectors {
-            if select(&st.infos, Service::Smtp, None, fqdn, now)
+        for (name, fqdn, service) in connectors {
+            if select(&st.infos, *service, None, fqdn, now)
                 .chosen
                 .is_none()
             {
                 events::emit(CertificateFallback {
                     connector: name,
                     detail: &format!(
-                        "no valid certificate enabled for smtp matches {fqdn} and there is no usable default"
+                        "no valid certificate enabled for {} matches {fqdn} and there is no usable default",
+                        service.as_str()
                     ),
                     used: &format!(
                         "the ephemeral self-signed certificate {}",
@@ -185,7 +189,7 @@ impl CertificateSet {
     pub async fn watch(
         self: Arc<Self>,
         store: CertStore,
-        connectors: Vec<(String, String)>,
+        connectors: Vec<(String, String, Service)>,
         every: Duration,
     ) {
         let mut last_announce = Instant::now();
