@@ -28,7 +28,7 @@ use crate::admin::metrics::ConnectorMetrics;
 use crate::admin::{Readiness, ReloadReport};
 use crate::certs::{CertStore, Service};
 use crate::config::Config;
-use crate::protolog::{LogKind, ProtocolLog, ProtocolLogConfig};
+use crate::protolog::{LogKind, ProtocolLog};
 use crate::queue::{Queue, QueueSettings, StorageError};
 use crate::shutdown::Shutdown;
 use crate::smtp::inbound::listener::{ConnectionLimits, ListenerState, accept_loop};
@@ -228,20 +228,11 @@ pub async fn start_from(cfg: Config, origin: ConfigOrigin) -> Result<RunningServ
 
     let log_dir = cfg.protocol_log_dir();
     let protolog = if cfg.receive_connector.iter().any(|c| c.protocol_log) {
-        ProtocolLog::open(
-            LogKind::Receive,
-            ProtocolLogConfig {
-                dir: log_dir.join("SmtpReceive"),
-                max_file_size: cfg.protocol_log.max_file_size.0,
-                max_age: cfg.protocol_log.max_age.0,
-                max_dir_size: cfg.protocol_log.max_dir_size.0,
-            },
-            crate::VERSION,
-        )
-        .map_err(|source| StartError::ProtocolLog {
-            path: log_dir.clone(),
-            source,
-        })?
+        cfg.open_protocol_log(LogKind::Receive, "SmtpReceive")
+            .map_err(|source| StartError::ProtocolLog {
+                path: log_dir.clone(),
+                source,
+            })?
     } else {
         ProtocolLog::disabled()
     };
@@ -905,20 +896,11 @@ fn start_outbound(
 ) -> Result<crate::queue::RelayContext, StartError> {
     let log_dir = cfg.protocol_log_dir();
     let protolog = if cfg.send_connector.iter().any(|c| c.protocol_log) {
-        ProtocolLog::open(
-            LogKind::Send,
-            ProtocolLogConfig {
-                dir: log_dir.join("SmtpSend"),
-                max_file_size: cfg.protocol_log.max_file_size.0,
-                max_age: cfg.protocol_log.max_age.0,
-                max_dir_size: cfg.protocol_log.max_dir_size.0,
-            },
-            crate::VERSION,
-        )
-        .map_err(|source| StartError::ProtocolLog {
-            path: log_dir.clone(),
-            source,
-        })?
+        cfg.open_protocol_log(LogKind::Send, "SmtpSend")
+            .map_err(|source| StartError::ProtocolLog {
+                path: log_dir.clone(),
+                source,
+            })?
     } else {
         ProtocolLog::disabled()
     };

@@ -810,6 +810,25 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.server.data_dir.join("log").join("protocol"))
     }
+
+    /// Opens the protocol log of `kind` in `<protocol log dir>/<sub>`,
+    /// with the `[protocol_log]` size and age limits.
+    pub fn open_protocol_log(
+        &self,
+        kind: crate::protolog::LogKind,
+        sub: &str,
+    ) -> std::io::Result<crate::protolog::ProtocolLog> {
+        crate::protolog::ProtocolLog::open(
+            kind,
+            crate::protolog::ProtocolLogConfig {
+                dir: self.protocol_log_dir().join(sub),
+                max_file_size: self.protocol_log.max_file_size.0,
+                max_age: self.protocol_log.max_age.0,
+                max_dir_size: self.protocol_log.max_dir_size.0,
+            },
+            crate::VERSION,
+        )
+    }
 }
 
 #[cfg(test)]

@@ -109,17 +109,9 @@ pub async fn start(
     // protocol logs and with their size and age limits.
     let http_log = if cfg.proxy.iter().any(|p| p.log) {
         let dir = cfg.protocol_log_dir().join("HttpProxy");
-        let log = crate::protolog::ProtocolLog::open(
-            crate::protolog::LogKind::HttpProxy,
-            crate::protolog::ProtocolLogConfig {
-                dir: dir.clone(),
-                max_file_size: cfg.protocol_log.max_file_size.0,
-                max_age: cfg.protocol_log.max_age.0,
-                max_dir_size: cfg.protocol_log.max_dir_size.0,
-            },
-            crate::VERSION,
-        )
-        .map_err(|source| ProxyStartError::Log { path: dir, source })?;
+        let log = cfg
+            .open_protocol_log(crate::protolog::LogKind::HttpProxy, "HttpProxy")
+            .map_err(|source| ProxyStartError::Log { path: dir, source })?;
         Some(ProxyLog::new(log))
     } else {
         None

@@ -163,3 +163,44 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
         "other"
     }
 }
+
+/// The handshake-signature half of a rustls `ServerCertVerifier`, for the
+/// verifiers that make their own decision about the certificate (outbound
+/// peers by TLS level, proxy backends with the opt-out): the signature
+/// is always checked, with the provider's algorithms.
+#[derive(Debug)]
+pub struct SignatureCheck(pub std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl SignatureCheck {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

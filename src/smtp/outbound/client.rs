@@ -566,21 +566,14 @@ impl Session {
         // RFC 6531 §3.4: an SMTPUTF8 message cannot go to a peer without
         // SMTPUTF8; the sender gets a DSN (5.6.7).
         if env.smtputf8 && !self.ext.smtputf8 {
-            return Ok(rcpts
-                .iter()
-                .map(|(i, _)| {
-                    (
-                        *i,
-                        RcptResult::Failed(
-                            "5.6.7".into(),
-                            format!(
-                                "{} does not support SMTPUTF8, which this message needs",
-                                self.host
-                            ),
-                        ),
-                    )
-                })
-                .collect());
+            return Ok(fail_all(
+                rcpts,
+                "5.6.7",
+                format!(
+                    "{} does not support SMTPUTF8, which this message needs",
+                    self.host
+                ),
+            ));
         }
         // RFC 6152 §3: 8-bit content may not go to a peer without
         // 8BITMIME; we do not convert it, so such a message bounces with
@@ -589,41 +582,27 @@ impl Session {
             && !self.ext.eightbitmime
             && message.iter().any(|b| *b >= 0x80)
         {
-            return Ok(rcpts
-                .iter()
-                .map(|(i, _)| {
-                    (
-                        *i,
-                        RcptResult::Failed(
-                            "5.6.3".into(),
-                            format!(
-                                "{} does not support 8BITMIME and the message has 8-bit content",
-                                self.host
-                            ),
-                        ),
-                    )
-                })
-                .collect());
+            return Ok(fail_all(
+                rcpts,
+                "5.6.3",
+                format!(
+                    "{} does not support 8BITMIME and the message has 8-bit content",
+                    self.host
+                ),
+            ));
         }
         if let Some(max) = self.ext.size
             && message.len() as u64 > max
         {
-            return Ok(rcpts
-                .iter()
-                .map(|(i, _)| {
-                    (
-                        *i,
-                        RcptResult::Failed(
-                            "5.3.4".into(),
-                            format!(
-                                "message of {} octets exceeds {}'s SIZE limit {max}",
-                                message.len(),
-                                self.host
-                            ),
-                        ),
-                    )
-                })
-                .collect());
+            return Ok(fail_all(
+                rcpts,
+                "5.3.4",
+                format!(
+                    "message of {} octets exceeds {}'s SIZE limit {max}",
+                    message.len(),
+                    self.host
+                ),
+            ));
         }
         let mut mail = format!("MAIL FROM:<{}>", env.mail_from);
         if self.ext.size.is_some() {
@@ -924,6 +903,15 @@ pub fn base64_encode(input: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The same permanent failure for every recipient of a message the peer
+/// cannot take (the sender gets a DSN).
+fn fail_all(rcpts: &[(u32, &Recipient)], status: &str, text: String) -> Vec<(u32, RcptResult)> {
+    rcpts
+        .iter()
+        .map(|(i, _)| (*i, RcptResult::Failed(status.into(), text.clone())))
+        .collect()
 }
 
 #[cfg(test)]

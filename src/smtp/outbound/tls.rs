@@ -143,7 +143,7 @@ impl TlsContext {
         let verifier = Arc::new(PeerVerifier {
             check,
             webpki: self.webpki.clone(),
-            provider: self.provider.clone(),
+            signatures: crate::tls::SignatureCheck(self.provider.clone()),
         });
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -232,7 +232,7 @@ enum PeerCheck {
 struct PeerVerifier {
     check: PeerCheck,
     webpki: Arc<WebPkiServerVerifier>,
-    provider: Arc<CryptoProvider>,
+    signatures: crate::tls::SignatureCheck,
 }
 
 impl ServerCertVerifier for PeerVerifier {
@@ -284,30 +284,20 @@ impl ServerCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
+
     fn verify_tls13_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
+
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
