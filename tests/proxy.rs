@@ -624,6 +624,74 @@ async fn slow_backend_gets_504_and_idle_clients_are_closed() {
     t.server.shutdown().await;
 }
 
+/// Slowloris: a request head trickled a byte at a time, each byte well
+/// within the idle timeout, is cut off once no request has started for
+/// `idle_timeout`; a connection idle after a request is closed too.
+#[tokio::test]
+async fn a_trickled_request_head_and_an_idle_keep_alive_connection_are_closed() {
+    let b = Backend::start("mbx", None).await;
+    let t = proxy(
+        &[("/", "p")],
+        &pool("p", &[(&b, "mbx.test")], "tls = false"),
+        "idle_timeout = \"1s\"",
+    )
+    .await;
+    let mut slow = tls_connect(addr(&t), &[b"http/1.1"]).await;
+    let started = std::time::Instant::now();
+    let head = b"GET /owa/ HTTP/1.1\r\nHost: mail.example.test\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut cut = false;
+    for byte in head.iter() {
+        if slow.write_all(&[*byte]).await.is_err() || slow.flush().await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    if !cut {
+        // The server may have closed while the last writes sat in buffers.
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(3), slow.read(&mut buf))
+            .await
+            .expect("the trickled connection is closed")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(took < Duration::from_millis(3500), "{took:?}");
+    assert!(
+        b.requests().is_empty(),
+        "a trickled head reached the backend"
+    );
+
+    // Keep-alive: one request answered, then silence.
+    let mut c = tls_connect(addr(&t), &[b"http/1.1"]).await;
+    c.write_all(b"GET /owa/ HTTP/1.1\r\nHost: mail.example.test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("closed within 5 s")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    t.server.shutdown().await;
+}
+
 #[tokio::test]
 async fn backend_connections_are_reused_across_requests() {
     let pki = Pki::new();

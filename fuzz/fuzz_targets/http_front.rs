@@ -11,7 +11,7 @@ use gatehouse::proxy::headers::{
 use gatehouse::proxy::sniff::SniffIo;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::io::AsyncReadExt;
 
@@ -27,7 +27,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// Reads `input` through SniffIo in `step`-byte reads; returns the flag.
 fn sniff(input: &[u8], step: usize) -> bool {
     let flag = Arc::new(AtomicBool::new(false));
-    let mut io = SniffIo::new(input, flag.clone(), true, Arc::new(AtomicU64::new(0)));
+    let mut io = SniffIo::new(input, flag.clone(), true);
     runtime().block_on(async {
         let mut buf = vec![0u8; step.max(1)];
         while let Ok(n) = io.read(&mut buf).await {

@@ -58,12 +58,17 @@ pub enum StreamError {
 /// Something to run when the body is dropped, told whether it ended
 /// cleanly and how many data bytes passed.
 pub trait OnEnd: Send {
-    fn finish(self: Box<Self>, complete: bool, bytes: u64);
+    fn finish(self, complete: bool, bytes: u64);
+}
+
+/// No end hook.
+impl OnEnd for () {
+    fn finish(self, _: bool, _: u64) {}
 }
 
 /// A body passed through with a limit, an idle timer, a byte counter and
-/// an end hook.
-pub struct Streamed<B> {
+/// an end hook (a type parameter, so a proxied response costs no box).
+pub struct Streamed<B, H: OnEnd = ()> {
     inner: B,
     limit: u64,
     seen: u64,
@@ -75,12 +80,20 @@ pub struct Streamed<B> {
     progressed: bool,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     counter: Option<Arc<AtomicU64>>,
-    on_end: Option<Box<dyn OnEnd>>,
+    on_end: Option<H>,
     complete: bool,
 }
 
 impl<B> Streamed<B> {
     pub fn new(inner: B, limit: u64, idle: Duration) -> Self {
+        Streamed::ending(inner, limit, idle, None)
+    }
+}
+
+impl<B, H: OnEnd> Streamed<B, H> {
+    /// A body whose end (complete or not, and the bytes passed) is
+    /// reported to `on_end` when it is dropped.
+    pub fn ending(inner: B, limit: u64, idle: Duration, on_end: Option<H>) -> Self {
         Streamed {
             inner,
             limit,
@@ -89,7 +102,7 @@ impl<B> Streamed<B> {
             progressed: true,
             timer: None,
             counter: None,
-            on_end: None,
+            on_end,
             complete: false,
         }
     }
@@ -100,14 +113,9 @@ impl<B> Streamed<B> {
         self.counter = Some(counter);
         self
     }
-
-    pub fn on_end(mut self, hook: Box<dyn OnEnd>) -> Self {
-        self.on_end = Some(hook);
-        self
-    }
 }
 
-impl<B> Drop for Streamed<B> {
+impl<B, H: OnEnd> Drop for Streamed<B, H> {
     fn drop(&mut self) {
         if let Some(hook) = self.on_end.take() {
             hook.finish(self.complete, self.seen);
@@ -115,7 +123,7 @@ impl<B> Drop for Streamed<B> {
     }
 }
 
-impl<B: Body> Streamed<B> {
+impl<B: Body, H: OnEnd> Streamed<B, H> {
     /// Marks an empty body complete: hyper may never poll it.
     pub fn checked(mut self) -> Self {
         if self.inner.is_end_stream() {
@@ -125,9 +133,10 @@ impl<B: Body> Streamed<B> {
     }
 }
 
-impl<B> Body for Streamed<B>
+impl<B, H> Body for Streamed<B, H>
 where
     B: Body<Data = Bytes> + Unpin,
+    H: OnEnd + Unpin,
     B::Error: Into<BoxError>,
 {
     type Data = Bytes;

@@ -3,10 +3,12 @@
 //! HTTP/2 server with the listener's limits, and graceful shutdown.
 //!
 //! Limits: `max_connections` (a semaphore; beyond it new connections are
-//! closed at once), the TLS handshake and each request head within
-//! `idle_timeout` (HTTP/1.1 `header_read_timeout`); a connection with no
-//! request in flight and no bytes moving for `idle_timeout` is closed
-//! (hyper has no such timer before the first request or for HTTP/2), header block size (`max_buf_size` for
+//! closed at once); the TLS handshake within `handshake_timeout`; a
+//! connection on which no request is in flight and none has started for
+//! `idle_timeout` is closed, which bounds both an idle keep-alive
+//! connection and a request head trickled in slowly (slowloris), on
+//! HTTP/1.1 and HTTP/2 alike, checked by the connection's own tick instead
+//! of a timer per request; header block size (`max_buf_size` for
 //! HTTP/1.1 answers 431, `max_header_list_size` for HTTP/2), header count
 //! (hyper's `max_headers`, and the handler checks HTTP/2 requests too).
 //! HTTP/2 connections are pinged every `idle_timeout / 2`.
@@ -33,8 +35,11 @@ pub fn http_builder(cfg: &crate::config::ProxyConfig) -> auto::Builder<TokioExec
         .unwrap_or(usize::MAX)
         .max(8192);
     b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.idle_timeout.0)
+        // No per-request header timer (a boxed sleep and two timer-wheel
+        // updates per request): the connection's own tick closes a
+        // connection on which no request has started for `idle_timeout`,
+        // however slowly its bytes trickle in (see `Front::run`).
+        .header_read_timeout(None)
         .keep_alive(true)
         // One buffer per write, not head and body as separate slices:
         // rustls makes one TLS record per slice, so a vectored write
@@ -174,8 +179,7 @@ impl Front {
                     .record_success(&crate::tls::Negotiated::from_connection(tls.get_ref().1));
                 let client = Arc::new(ClientConn::new(peer));
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                let io = SniffIo::new(tls, client.both_lengths.clone(), !h2, activity.clone());
+                let io = SniffIo::new(tls, client.both_lengths.clone(), !h2);
                 let idle = handler.idle_timeout;
                 let watched = client.clone();
                 let svc = hyper::service::service_fn(move |req| {
@@ -183,11 +187,13 @@ impl Front {
                 });
                 let conn = http.serve_connection(TokioIo::new(io), svc);
                 tokio::pin!(conn);
-                // Idle: no bytes either way for `idle_timeout` and no
-                // request in flight (a quiet RPC channel is bounded by
-                // `channel_idle_timeout` instead). Checked every quarter:
-                // the I/O wrapper only counts transfers (no clock read per
-                // read or write); the tick notes when the count last moved.
+                // Idle: no request in flight and none started for
+                // `idle_timeout`, whether or not bytes trickle in (a head
+                // sent a byte at a time never starts a request). A request
+                // in flight, such as a quiet RPC channel, is bounded by its
+                // own timers instead. Checked every quarter of the timeout
+                // against the connection's count of started requests: no
+                // clock read or timer per request.
                 let tick = (idle / 4).max(std::time::Duration::from_millis(50));
                 let mut seen = 0;
                 let mut quiet_since = tokio::time::Instant::now();
@@ -204,7 +210,7 @@ impl Front {
                         }
                         _ = tokio::time::sleep(tick) => {
                             let now = tokio::time::Instant::now();
-                            let count = activity.load(std::sync::atomic::Ordering::Relaxed);
+                            let count = watched.started();
                             if count != seen || watched.in_flight() > 0 {
                                 seen = count;
                                 quiet_since = now;
@@ -240,12 +246,33 @@ impl Drop for Counted {
 }
 
 /// Resolves when the server's shutdown token is cancelled. Its first poll
-/// registers the connection task with the token; later polls are one
-/// atomic load, so the token's shared lock is not taken on every wake of
-/// every connection (a task's waker stays valid for its whole life).
+/// registers the connection task with the token through a waker that
+/// raises `fired` before waking the task; later polls read that flag (one
+/// atomic load) instead of the token's state, which sits behind a mutex
+/// (`CancellationToken::is_cancelled` locks it), on every wake of every
+/// connection. The task's waker stays valid for the task's whole life.
 struct Cancelled {
     token: tokio_util::sync::CancellationToken,
-    registered: Option<std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    registered: Option<(
+        std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+        Arc<Fired>,
+    )>,
+}
+
+/// The waker handed to the token: notes the wake, then wakes the task.
+struct Fired {
+    flag: std::sync::atomic::AtomicBool,
+    task: std::task::Waker,
+}
+
+impl std::task::Wake for Fired {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake_by_ref();
+    }
 }
 
 impl Cancelled {
@@ -264,15 +291,57 @@ impl std::future::Future for Cancelled {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         let this = self.get_mut();
-        if this.token.is_cancelled() {
-            return std::task::Poll::Ready(());
+        if let Some((_, fired)) = &this.registered
+            && !fired.flag.load(std::sync::atomic::Ordering::Acquire)
+        {
+            return std::task::Poll::Pending;
         }
-        if this.registered.is_none() {
-            let mut fut = Box::pin(this.token.clone().cancelled_owned());
-            let r = fut.as_mut().poll(cx);
-            this.registered = Some(fut);
-            return r;
+        // First poll, or the token woke us: (re-)register and look.
+        let fired = Arc::new(Fired {
+            flag: std::sync::atomic::AtomicBool::new(false),
+            task: cx.waker().clone(),
+        });
+        let waker = std::task::Waker::from(fired.clone());
+        let mut fut = match this.registered.take() {
+            Some((fut, _)) => fut,
+            None => Box::pin(this.token.clone().cancelled_owned()),
+        };
+        let r = fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        this.registered = Some((fut, fired));
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cancelled_waits_for_the_token_and_then_resolves() {
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut c = Cancelled::new(token.clone());
+        // Registered and pending across several wakes of the task.
+        for _ in 0..3 {
+            tokio::select! {
+                _ = &mut c => panic!("resolved before the token fired"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
         }
-        std::task::Poll::Pending
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            t.cancel();
+        });
+        tokio::time::timeout(Duration::from_secs(2), &mut c)
+            .await
+            .expect("resolves once the token fires");
+        // A token cancelled before the first poll resolves at once.
+        let done = tokio_util::sync::CancellationToken::new();
+        done.cancel();
+        tokio::time::timeout(Duration::from_millis(100), Cancelled::new(done))
+            .await
+            .expect("already cancelled");
     }
 }

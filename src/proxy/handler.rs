@@ -21,6 +21,7 @@ use super::pool::{Lease, Pool, Server};
 use super::routes::RouteTable;
 use crate::events;
 use http_body_util::BodyExt;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
@@ -65,12 +66,15 @@ impl Listener {
 
 /// Per client connection: who it is and its pinned backend connection.
 pub struct ClientConn {
-    pub peer: SocketAddr,
+    /// The peer's address as the forwarding headers and the log write it.
+    pub addr: headers::ClientAddr,
     /// Set by `sniff` when a raw HTTP/1.1 head had both Content-Length
     /// and Transfer-Encoding (hyper removes the length before we see it).
     pub both_lengths: Arc<std::sync::atomic::AtomicBool>,
     /// Requests whose response has not ended yet.
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Requests started on this connection (the idle check's progress).
+    started: std::sync::atomic::AtomicU64,
     /// Whether `pin` holds a connection (read without the lock).
     pinned: std::sync::atomic::AtomicBool,
     pin: tokio::sync::Mutex<Option<Pinned>>,
@@ -96,11 +100,16 @@ impl ClientConn {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
     pub fn new(peer: SocketAddr) -> ClientConn {
         ClientConn {
-            peer,
+            addr: headers::ClientAddr::new(peer.ip()),
             both_lengths: Arc::default(),
             in_flight: Default::default(),
+            started: Default::default(),
             pinned: Default::default(),
             pin: tokio::sync::Mutex::new(None),
         }
@@ -125,12 +134,13 @@ pub async fn handle(
     l: Arc<Listener>,
     conn: Arc<ClientConn>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
+    conn.started.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight(conn.clone());
     let mut rec = RequestRecord::new(
         RequestId::next(),
-        conn.peer.ip(),
+        &conn.addr.text,
         &req,
         &l.server_host,
         &l.none,
@@ -151,30 +161,34 @@ pub async fn handle(
                 log: l.log.clone(),
             };
             // Logged by `Finish` when the response body ends.
-            let body = Streamed::new(rbody, u64::MAX, l.channel_idle_timeout)
-                .on_end(Box::new(finish))
-                .checked()
-                .boxed_unsync();
-            Response::from_parts(rparts, body)
+            let body =
+                Streamed::ending(rbody, u64::MAX, l.channel_idle_timeout, Some(finish)).checked();
+            Response::from_parts(rparts, Either::Left(body))
         }
         Err(page) => {
             rec.status = page.status().as_u16();
             l.count_answer(rec.status);
             rec.total = rec.started.elapsed();
             l.log.write(&rec);
-            page
+            page.map(Either::Right)
         }
     };
     if let Some(v) = id {
-        resp.headers_mut().insert("request-id", v);
+        resp.headers_mut().insert(REQUEST_ID, v);
     }
     Ok(resp)
 }
 
+/// What the front sends back: a proxied response's body as it is (no box
+/// per response), or a page.
+pub type ResponseBody = Either<Streamed<DrivenBody, Finish>, ProxyBody>;
+
+const REQUEST_ID: hyper::header::HeaderName = hyper::header::HeaderName::from_static("request-id");
+
 /// Runs when a proxied response body ends: returns the backend
 /// connection (the lease) and writes the log record with the final byte
 /// counts and total time.
-struct Finish {
+pub struct Finish {
     _in_flight: InFlight,
     lease: Lease,
     rec: RequestRecord,
@@ -182,13 +196,13 @@ struct Finish {
 }
 
 impl OnEnd for Finish {
-    fn finish(self: Box<Self>, complete: bool, bytes: u64) {
+    fn finish(self, complete: bool, bytes: u64) {
         let Finish {
             _in_flight,
             lease,
             mut rec,
             log,
-        } = *self;
+        } = self;
         drop(lease);
         if !complete && rec.error_code.is_empty() {
             rec.error_code = "ResponseIncomplete";
@@ -297,7 +311,7 @@ async fn proxy(
     );
     let scheme = headers::auth_scheme(&parts.headers);
     headers::remove_hop_by_hop(&mut parts.headers);
-    headers::add_forwarding(&mut parts.headers, conn.peer.ip(), client_host.as_ref());
+    headers::add_forwarding(&mut parts.headers, &conn.addr, client_host.as_ref());
     // Backends get origin-form (`/path?query`); HTTP/2 requests and
     // absolute-form requests carry a scheme and authority to drop.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {

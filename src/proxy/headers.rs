@@ -5,6 +5,7 @@ use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Why a request's framing or head is refused before routing.
 #[derive(Debug, PartialEq, Eq)]
@@ -111,35 +112,95 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Adds X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239) for a
-/// client at `client` that asked for `host`. The values are built on the
-/// stack: one allocation per new header value, none for the host.
-pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>) {
-    let mut ip = StackText::<64>::new();
-    let _ = write!(ip, "{client}");
-    let xff = append_list(headers, &X_FORWARDED_FOR, ip.as_str());
+/// A client's address as the forwarding headers and the HttpProxy log
+/// write it, formatted once per connection instead of per request. The
+/// last request's `Forwarded` value is kept with the host it was made
+/// for: on a keep-alive connection the next request usually repeats it.
+pub struct ClientAddr {
+    pub ip: IpAddr,
+    /// The address as text (`192.0.2.7`, `2001:db8::1`).
+    pub text: Arc<str>,
+    xff: Option<HeaderValue>,
+    /// `for=192.0.2.7;proto=https`; IPv6 quoted and bracketed (RFC 7239 §6).
+    forwarded_for: Box<str>,
+    last: std::sync::Mutex<Option<(Option<HeaderValue>, HeaderValue)>>,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> ClientAddr {
+        let text: Arc<str> = Arc::from(ip.to_string());
+        let forwarded_for = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto=https"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=https"),
+        };
+        ClientAddr {
+            ip,
+            xff: HeaderValue::from_str(&text).ok(),
+            text,
+            forwarded_for: forwarded_for.into_boxed_str(),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `Forwarded` for a request without one: this client, https, and
+    /// `host` when it can be carried unquoted.
+    fn forwarded(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+        if let Ok(last) = self.last.try_lock()
+            && let Some((h, v)) = last.as_ref()
+            && h.as_ref() == host
+        {
+            return Some(v.clone());
+        }
+        let mut fwd = StackText::<320>::new();
+        let _ = fwd.write_str(&self.forwarded_for);
+        if let Some(h) = host.filter(|h| carries_unquoted(h)) {
+            let _ = write!(fwd, ";host=");
+            let _ = fwd.write_str(h.to_str().unwrap_or(""));
+        }
+        let v = HeaderValue::from_str(fwd.as_str()).ok()?;
+        if let Ok(mut last) = self.last.try_lock() {
+            *last = Some((host.cloned(), v.clone()));
+        }
+        Some(v)
+    }
+}
+
+/// A Host value `Forwarded` can carry without quoting.
+fn carries_unquoted(h: &HeaderValue) -> bool {
+    h.len() <= 260
+        && h.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(b))
+}
+
+/// Adds X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239) for
+/// `client` asking for `host`. A request that brought no such fields gets
+/// the connection's prepared values (no allocation); one that did gets
+/// its lists extended, built on the stack.
+pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: Option<&HeaderValue>) {
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        append_list(headers, &X_FORWARDED_FOR, &client.text)
+    } else {
+        client.xff.clone()
+    };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    let mut fwd = StackText::<320>::new();
-    // RFC 7239 §6: IPv6 addresses are quoted and bracketed.
-    let _ = match client {
-        IpAddr::V4(v4) => write!(fwd, "for={v4};proto=https"),
-        IpAddr::V6(v6) => write!(fwd, "for=\"[{v6}]\";proto=https"),
-    };
     if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST, h.clone());
-        if h.len() <= 260
-            && h.as_bytes()
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(b))
-        {
+    }
+    let forwarded = if headers.contains_key(header::FORWARDED) {
+        let mut fwd = StackText::<320>::new();
+        let _ = fwd.write_str(&client.forwarded_for);
+        if let Some(h) = host.filter(|h| carries_unquoted(h)) {
             let _ = write!(fwd, ";host=");
             let _ = fwd.write_str(h.to_str().unwrap_or(""));
         }
-    }
-    let forwarded = append_list(headers, &header::FORWARDED, fwd.as_str());
+        append_list(headers, &header::FORWARDED, fwd.as_str())
+    } else {
+        client.forwarded(host)
+    };
     if let Some(v) = forwarded {
         headers.insert(header::FORWARDED, v);
     }
@@ -370,7 +431,7 @@ mod tests {
         ]);
         add_forwarding(
             &mut m,
-            "::1".parse().unwrap(),
+            &ClientAddr::new("::1".parse().unwrap()),
             Some(&HeaderValue::from_static("mail.example.test")),
         );
         assert_eq!(m["x-forwarded-for"], "192.0.2.1, 198.51.100.2, ::1");
@@ -384,21 +445,30 @@ mod tests {
 
     #[test]
     fn forwarded_headers_fresh() {
+        let client = ClientAddr::new("192.0.2.7".parse().unwrap());
         let mut m = HeaderMap::new();
-        add_forwarding(&mut m, "192.0.2.7".parse().unwrap(), None);
+        add_forwarding(&mut m, &client, None);
         assert_eq!(m["x-forwarded-for"], "192.0.2.7");
         assert_eq!(m["forwarded"], "for=192.0.2.7;proto=https");
         assert!(!m.contains_key("x-forwarded-host"));
         // A host with characters Forwarded cannot carry unquoted is left
         // out of Forwarded but kept in X-Forwarded-Host.
         let mut m = HeaderMap::new();
-        add_forwarding(
-            &mut m,
-            "192.0.2.7".parse().unwrap(),
-            Some(&HeaderValue::from_static("a b")),
-        );
+        add_forwarding(&mut m, &client, Some(&HeaderValue::from_static("a b")));
         assert_eq!(m["forwarded"], "for=192.0.2.7;proto=https");
         assert_eq!(m["x-forwarded-host"], "a b");
+        // The connection's cached value follows the host of each request.
+        for host in ["one.example.test", "two.example.test", "two.example.test"] {
+            let mut m = HeaderMap::new();
+            add_forwarding(&mut m, &client, Some(&HeaderValue::from_static(host)));
+            assert_eq!(
+                m["forwarded"],
+                format!("for=192.0.2.7;proto=https;host={host}")
+            );
+        }
+        let mut m = HeaderMap::new();
+        add_forwarding(&mut m, &client, None);
+        assert_eq!(m["forwarded"], "for=192.0.2.7;proto=https");
     }
 
     #[test]

@@ -9,7 +9,6 @@ use crate::protolog::{EOL, ProtocolLog, push_csv_field};
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Uri};
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -66,7 +65,8 @@ pub struct RequestRecord {
     host: Option<HeaderValue>,
     uri: Uri,
     method: Method,
-    pub client_ip: IpAddr,
+    /// The client's address as text (formatted once per connection).
+    pub client_ip: Arc<str>,
     user_agent: Option<HeaderValue>,
     client_request_id: Option<HeaderValue>,
     pub server_host: Arc<str>,
@@ -92,7 +92,7 @@ pub struct RequestRecord {
 impl RequestRecord {
     pub fn new<B>(
         request_id: RequestId,
-        client: IpAddr,
+        client: &Arc<str>,
         req: &Request<B>,
         server_host: &Arc<str>,
         none: &Arc<str>,
@@ -104,7 +104,7 @@ impl RequestRecord {
             host: h.get(hyper::header::HOST).cloned(),
             uri: req.uri().clone(),
             method: req.method().clone(),
-            client_ip: client,
+            client_ip: client.clone(),
             user_agent: h.get(hyper::header::USER_AGENT).cloned(),
             client_request_id: h.get("client-request-id").cloned(),
             server_host: server_host.clone(),
@@ -282,7 +282,8 @@ pub fn write_record(out: &mut String, r: &RequestRecord) {
     empty(out, 3); // IsAuthenticated, AuthenticatedUser, Organization
     field(out, r.anchor.as_deref().unwrap_or(""));
     field(out, value(&r.user_agent));
-    let _ = write!(out, "{},", r.client_ip);
+    out.push_str(&r.client_ip);
+    out.push(',');
     field(out, &r.server_host);
     status(out, r.status);
     status(out, r.backend_status);
@@ -345,8 +346,7 @@ mod tests {
             .unwrap();
         let none: Arc<str> = Arc::from("");
         let id = RequestId::next();
-        let mut r =
-            RequestRecord::new(id, "192.0.2.9".parse().unwrap(), &req, &"gh1".into(), &none);
+        let mut r = RequestRecord::new(id, &"192.0.2.9".into(), &req, &"gh1".into(), &none);
         r.protocol = "RpcHttp".into();
         r.status = 200;
         r.backend_status = 200;
@@ -396,13 +396,7 @@ mod tests {
             .body(())
             .unwrap();
         let none: Arc<str> = Arc::from("");
-        let r = RequestRecord::new(
-            RequestId::next(),
-            "::1".parse().unwrap(),
-            &req,
-            &none,
-            &none,
-        );
+        let r = RequestRecord::new(RequestId::next(), &"::1".into(), &req, &none, &none);
         let line = format!("2026-11-23T16:00:04.114Z,{}", format_record(&r));
         let names: Vec<&str> = crate::protolog::HTTP_PROXY_FIELDS.split(',').collect();
         let values = crate::protolog::split_csv(&line).expect("parses");

@@ -1,6 +1,5 @@
-//! The client connection's I/O wrapper: counts transfers
-//! (for the connection idle timeout, which hyper does not apply before
-//! the first request or to HTTP/2) and detects an HTTP/1.1 request head carrying both Content-Length and
+//! The client connection's I/O wrapper: detects an HTTP/1.1 request head
+//! carrying both Content-Length and
 //! Transfer-Encoding, which hyper silently repairs (it drops the length,
 //! decodes chunked and closes the connection afterwards, as RFC 9112 §6.3
 //! allows). Issue 7 wants such requests refused with 400, like the
@@ -18,7 +17,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -33,16 +32,12 @@ pub struct SniffIo<T> {
     saw_te: bool,
     /// Off for HTTP/2 (binary frames; no Transfer-Encoding there).
     enabled: bool,
-    /// Counts reads and writes that moved bytes, for the idle timeout of
-    /// the connection (the connection's task compares it between ticks).
-    activity: Arc<AtomicU64>,
 }
 
 impl<T> SniffIo<T> {
-    pub fn new(inner: T, flag: Arc<AtomicBool>, enabled: bool, activity: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: T, flag: Arc<AtomicBool>, enabled: bool) -> Self {
         SniffIo {
             enabled,
-            activity,
             inner,
             flag,
             line: [0; KEEP],
@@ -50,10 +45,6 @@ impl<T> SniffIo<T> {
             saw_cl: false,
             saw_te: false,
         }
-    }
-
-    fn touch(&self) {
-        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
     fn scan(&mut self, bytes: &[u8]) {
@@ -96,14 +87,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for SniffIo<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r
+        if self.enabled
+            && let Poll::Ready(Ok(())) = r
             && buf.filled().len() > before
         {
-            self.touch();
-            if self.enabled {
-                let new = buf.filled().get(before..).unwrap_or(&[]);
-                self.scan(new);
-            }
+            let new = buf.filled().get(before..).unwrap_or(&[]);
+            self.scan(new);
         }
         r
     }
@@ -115,13 +104,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SniffIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            self.touch();
-        }
-        r
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -134,13 +117,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SniffIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            self.touch();
-        }
-        r
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -153,7 +130,7 @@ mod tests {
 
     fn flagged(chunks: &[&[u8]]) -> bool {
         let flag = Arc::new(AtomicBool::new(false));
-        let mut s = SniffIo::new((), flag.clone(), true, Arc::default());
+        let mut s = SniffIo::new((), flag.clone(), true);
         for c in chunks {
             s.scan(c);
         }
