@@ -351,6 +351,35 @@ async fn limits_on_headers_and_body_size() {
     assert!(reply.contains("RequestTooLarge"), "{reply}");
     assert!(b.requests().is_empty());
     t.server.shutdown().await;
+
+    // The default, 100 headers (hyper's own limit, left unset).
+    let t = proxy(
+        &[("/", "plain")],
+        &pool("plain", &[(&b, "plain.test")], "tls = false"),
+        "",
+    )
+    .await;
+    let head = |n: usize| {
+        let mut h = String::from("GET /a HTTP/1.1\r\nHost: a.test\r\n");
+        for i in 0..n {
+            h.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        h + "Connection: close\r\n\r\n"
+    };
+    // 90 of them, with Host and Connection (the test backend, also
+    // hyper, would refuse the ~100 it gets with the forwarding headers).
+    let before = b.requests().len();
+    let reply = raw_exchange(addr(&t), head(90).as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert_eq!(b.requests().len(), before + 1);
+    let reply = raw_exchange(addr(&t), head(101).as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431 "), "{reply}");
+    assert_eq!(
+        b.requests().len(),
+        before + 1,
+        "101 headers reached the backend"
+    );
+    t.server.shutdown().await;
 }
 
 /// NTLM is connection-oriented: the three legs and the follow-ups of one

@@ -28,6 +28,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+/// hyper's HTTP/1.1 header count limit when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Builds the HTTP server settings of one listener.
 pub fn http_builder(cfg: &crate::config::ProxyConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -45,8 +48,12 @@ pub fn http_builder(cfg: &crate::config::ProxyConfig) -> auto::Builder<TokioExec
         // rustls makes one TLS record per slice, so a vectored write
         // doubles the records (and the client's decryptions) per response.
         .writev(false)
-        .max_buf_size(header_bytes)
-        .max_headers(cfg.max_headers);
+        .max_buf_size(header_bytes);
+    // hyper's own limit is 100 headers; naming any count, even 100, makes
+    // it fill a fresh array of that many slots for every request head.
+    if cfg.max_headers != HYPER_MAX_HEADERS {
+        b.http1().max_headers(cfg.max_headers);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX))
