@@ -434,10 +434,14 @@ async fn send_pooled(
     // and is sent again on a new connection; an idempotent bodiless one
     // on a connection idle long enough to be stale keeps a copy of its
     // head, in case the close is only seen after sending.
+    // Nothing of the client's request head is held across the wait
+    // (`client_host` is consumed here; a retry copies the backend request
+    // itself): its values share the client connection's 8 KiB read
+    // buffer, which a long poll would otherwise keep alive.
+    let req = backend_request(parts, body, pool, &lease.server, client_host);
     let copy =
-        (bodiless && parts.method.is_idempotent() && idle_for.is_some_and(|d| d >= STALE_AFTER))
-            .then(|| clone_head(&parts));
-    let req = backend_request(parts, body, pool, &lease.server, client_host.as_ref());
+        (bodiless && req.method().is_idempotent() && idle_for.is_some_and(|d| d >= STALE_AFTER))
+            .then(|| copy_bodiless(&req));
     count_unverified(pool);
     let again = match await_head(l, bc.send(req), is_rpc).await {
         Ok(resp) => {
@@ -449,13 +453,7 @@ async fn send_pooled(
         }
         Err(Retry::Unsent(req)) if idle_for.is_some() => req,
         Err(Retry::Sent(f)) if idle_for.is_some() && is_stale_close(&f) => match copy {
-            Some(head) => backend_request(
-                head,
-                super::body::empty(),
-                pool,
-                &lease.server,
-                client_host.as_ref(),
-            ),
+            Some(again) => again,
             None => return Err(with_server(f, &display)),
         },
         Err(r) => return Err(with_server(r.into_failure(), &display)),
@@ -531,7 +529,7 @@ async fn send_pinned(
     rec.routing_type = "Pinned";
     rec.target_server = p.server.endpoint.display.clone();
     let display = rec.target_server.clone();
-    let req = backend_request(parts, body, pool, &p.server, client_host.as_ref());
+    let req = backend_request(parts, body, pool, &p.server, client_host);
     count_unverified(pool);
     // The previous response on this connection must be complete first;
     // the client's own connection is sequential, so this is short.
@@ -661,16 +659,17 @@ fn is_reset(e: &hyper::Error) -> bool {
     false
 }
 
-fn clone_head(parts: &hyper::http::request::Parts) -> hyper::http::request::Parts {
+/// A copy of a bodiless backend request, to send again.
+fn copy_bodiless(req: &Request<ProxyBody>) -> Request<ProxyBody> {
     let mut b = Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.clone())
-        .version(parts.version);
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version());
     if let Some(h) = b.headers_mut() {
-        *h = parts.headers.clone();
+        *h = req.headers().clone();
     }
-    let (p, ()) = b.body(()).unwrap_or_default().into_parts();
-    p
+    b.body(super::body::empty())
+        .unwrap_or_else(|_| Request::new(super::body::empty()))
 }
 
 fn backend_request(
@@ -678,12 +677,12 @@ fn backend_request(
     body: ProxyBody,
     pool: &Pool,
     server: &Server,
-    client_host: Option<&HeaderValue>,
+    client_host: Option<HeaderValue>,
 ) -> Request<ProxyBody> {
     let host = if pool.rewrite_host {
         HeaderValue::from_str(&server.endpoint.tls_name).ok()
     } else {
-        client_host.cloned()
+        client_host
     };
     if let Some(v) = host {
         parts.headers.insert(header::HOST, v);

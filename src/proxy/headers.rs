@@ -158,8 +158,17 @@ impl ClientAddr {
             let _ = fwd.write_str(h.to_str().unwrap_or(""));
         }
         let v = HeaderValue::from_str(fwd.as_str()).ok()?;
-        if let Ok(mut last) = self.last.try_lock() {
-            *last = Some((host.cloned(), v.clone()));
+        // The host is kept as a copy: the request's own value shares the
+        // connection's read buffer, which a reference held for the life of
+        // the connection would keep from being reused.
+        let kept = match host {
+            Some(h) => HeaderValue::from_bytes(h.as_bytes()).ok().map(Some),
+            None => Some(None),
+        };
+        if let Some(kept) = kept
+            && let Ok(mut last) = self.last.try_lock()
+        {
+            *last = Some((kept, v.clone()));
         }
         Some(v)
     }
@@ -469,6 +478,15 @@ mod tests {
         let mut m = HeaderMap::new();
         add_forwarding(&mut m, &client, None);
         assert_eq!(m["forwarded"], "for=192.0.2.7;proto=https");
+        // The cached host is a copy, not a reference into the request's
+        // bytes (those share the connection's read buffer).
+        let host =
+            HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(b"three.test")).unwrap();
+        add_forwarding(&mut HeaderMap::new(), &client, Some(&host));
+        let last = client.last.lock().unwrap();
+        let kept = last.as_ref().and_then(|(h, _)| h.as_ref()).unwrap();
+        assert_eq!(kept, &host);
+        assert_ne!(kept.as_bytes().as_ptr(), host.as_bytes().as_ptr());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use crate::protolog::{EOL, ProtocolLog, push_csv_field};
 use hyper::header::HeaderValue;
-use hyper::{Method, Request, Uri};
+use hyper::{Method, Request};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,20 +55,19 @@ impl std::fmt::Debug for RequestId {
     }
 }
 
-/// One request's columns. What comes from the request is kept as the
-/// request's own (reference-counted) values and only turned into text
-/// when the line is written: a request costs no copies for its log.
+/// One request's columns. The request's own texts are copied into one
+/// small buffer (`HeadText`), not kept as references into the request:
+/// those share the client connection's 8 KiB read buffer, which a record
+/// would keep alive until the response ends (hours for an RPC channel,
+/// minutes for a long poll).
 #[derive(Debug)]
 pub struct RequestRecord {
     pub request_id: RequestId,
     pub protocol: Arc<str>,
-    host: Option<HeaderValue>,
-    uri: Uri,
+    head: HeadText,
     method: Method,
     /// The client's address as text (formatted once per connection).
     pub client_ip: Arc<str>,
-    user_agent: Option<HeaderValue>,
-    client_request_id: Option<HeaderValue>,
     pub server_host: Arc<str>,
     /// Empty until a server is chosen.
     pub target_server: Arc<str>,
@@ -97,16 +96,12 @@ impl RequestRecord {
         server_host: &Arc<str>,
         none: &Arc<str>,
     ) -> Self {
-        let h = req.headers();
         RequestRecord {
             request_id,
             protocol: none.clone(),
-            host: h.get(hyper::header::HOST).cloned(),
-            uri: req.uri().clone(),
+            head: HeadText::new(req),
             method: req.method().clone(),
             client_ip: client.clone(),
-            user_agent: h.get(hyper::header::USER_AGENT).cloned(),
-            client_request_id: h.get("client-request-id").cloned(),
             server_host: server_host.clone(),
             target_server: none.clone(),
             status: 0,
@@ -124,17 +119,69 @@ impl RequestRecord {
             started: Instant::now(),
         }
     }
-
-    fn url_host(&self) -> &str {
-        match &self.host {
-            Some(v) => v.to_str().unwrap_or(""),
-            None => self.uri.authority().map(|a| a.as_str()).unwrap_or(""),
-        }
-    }
 }
 
-fn value(v: &Option<HeaderValue>) -> &str {
-    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+/// The texts of a request head the log writes, in one buffer: the URL
+/// host (Host, else the URI's authority), path, query, User-Agent and
+/// client-request-id. Header values that are not visible ASCII are
+/// written empty, as before.
+#[derive(Debug)]
+struct HeadText {
+    buf: String,
+    /// End of each part in `buf`, in the order of `Part`.
+    ends: [usize; 5],
+    has_query: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Host = 0,
+    Path = 1,
+    Query = 2,
+    UserAgent = 3,
+    ClientRequestId = 4,
+}
+
+fn text(v: Option<&HeaderValue>) -> &str {
+    v.and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+impl HeadText {
+    fn new<B>(req: &Request<B>) -> HeadText {
+        let h = req.headers();
+        let host = match h.get(hyper::header::HOST) {
+            Some(v) => text(Some(v)),
+            None => req.uri().authority().map(|a| a.as_str()).unwrap_or(""),
+        };
+        let parts = [
+            host,
+            req.uri().path(),
+            req.uri().query().unwrap_or(""),
+            text(h.get(hyper::header::USER_AGENT)),
+            text(h.get("client-request-id")),
+        ];
+        let mut buf = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0; 5];
+        for (end, p) in ends.iter_mut().zip(parts) {
+            buf.push_str(p);
+            *end = buf.len();
+        }
+        HeadText {
+            buf,
+            ends,
+            has_query: req.uri().query().is_some(),
+        }
+    }
+
+    fn get(&self, part: Part) -> &str {
+        let i = part as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.buf.get(start..self.ends[i]).unwrap_or("")
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.has_query.then(|| self.get(Part::Query))
+    }
 }
 
 /// The HttpProxy log: a `protolog` log of kind `HttpProxy` (the same
@@ -273,15 +320,15 @@ pub fn write_record(out: &mut String, r: &RequestRecord) {
     };
     field(out, r.request_id.as_str());
     out.push_str(version_columns());
-    field(out, value(&r.client_request_id));
+    field(out, r.head.get(Part::ClientRequestId));
     field(out, &r.protocol);
-    field(out, r.url_host());
-    field(out, r.uri.path());
+    field(out, r.head.get(Part::Host));
+    field(out, r.head.get(Part::Path));
     empty(out, 1); // ProtocolAction
     field(out, r.auth_type.as_deref().unwrap_or(""));
     empty(out, 3); // IsAuthenticated, AuthenticatedUser, Organization
     field(out, r.anchor.as_deref().unwrap_or(""));
-    field(out, value(&r.user_agent));
+    field(out, r.head.get(Part::UserAgent));
     out.push_str(&r.client_ip);
     out.push(',');
     field(out, &r.server_host);
@@ -315,7 +362,7 @@ pub fn write_record(out: &mut String, r: &RequestRecord) {
     empty(out, 10); // BackendRespStreamLatency .. HttpProxyOverhead
     num(out, r.total.as_millis() as u64); // TotalRequestTime
     empty(out, 1); // RouteRefresherLatency
-    match r.uri.query() {
+    match r.head.query() {
         // A query is URI text: no control characters; quoted when needed.
         Some(q) if q.len() < MAX_FIELD && q.is_ascii() && !q.contains([',', '"']) => {
             out.push('?');
