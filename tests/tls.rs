@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 struct Recorder {
     pinned: Option<Vec<u8>>,
     seen: Mutex<Option<Vec<u8>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    signatures: gatehouse::tls::SignatureCheck,
 }
 
 impl ServerCertVerifier for Recorder {
@@ -46,12 +46,7 @@ impl ServerCertVerifier for Recorder {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(m, c, d)
     }
     fn verify_tls13_signature(
         &self,
@@ -59,17 +54,10 @@ impl ServerCertVerifier for Recorder {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            m,
-            c,
-            d,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -79,7 +67,7 @@ fn connector(pinned: Option<Vec<u8>>) -> (tokio_rustls::TlsConnector, Arc<Record
     let rec = Arc::new(Recorder {
         pinned,
         seen: Mutex::new(None),
-        provider: provider.clone(),
+        signatures: gatehouse::tls::SignatureCheck(provider.clone()),
     });
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

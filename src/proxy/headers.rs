@@ -142,8 +142,20 @@ impl ClientAddr {
         }
     }
 
-    /// `Forwarded` for a request without one: this client, https, and
-    /// `host` when it can be carried unquoted.
+    /// This hop's `Forwarded` element: this client, https, and `host`
+    /// when it can be carried unquoted.
+    fn forwarded_element(&self, host: Option<&HeaderValue>) -> StackText<320> {
+        let mut fwd = StackText::<320>::new();
+        let _ = fwd.write_str(&self.forwarded_for);
+        if let Some(h) = host.filter(|h| carries_unquoted(h)) {
+            let _ = write!(fwd, ";host=");
+            let _ = fwd.write_str(h.to_str().unwrap_or(""));
+        }
+        fwd
+    }
+
+    /// `Forwarded` for a request without one: the element alone, as the
+    /// last request's value when it was for the same host.
     fn forwarded(&self, host: Option<&HeaderValue>) -> Option<HeaderValue> {
         if let Ok(last) = self.last.try_lock()
             && let Some((h, v)) = last.as_ref()
@@ -151,13 +163,7 @@ impl ClientAddr {
         {
             return Some(v.clone());
         }
-        let mut fwd = StackText::<320>::new();
-        let _ = fwd.write_str(&self.forwarded_for);
-        if let Some(h) = host.filter(|h| carries_unquoted(h)) {
-            let _ = write!(fwd, ";host=");
-            let _ = fwd.write_str(h.to_str().unwrap_or(""));
-        }
-        let v = HeaderValue::from_str(fwd.as_str()).ok()?;
+        let v = HeaderValue::from_str(self.forwarded_element(host).as_str()).ok()?;
         // The host is kept as a copy: the request's own value shares the
         // connection's read buffer, which a reference held for the life of
         // the connection would keep from being reused.
@@ -200,13 +206,11 @@ pub fn add_forwarding(headers: &mut HeaderMap, client: &ClientAddr, host: Option
         headers.insert(X_FORWARDED_HOST, h.clone());
     }
     let forwarded = if headers.contains_key(header::FORWARDED) {
-        let mut fwd = StackText::<320>::new();
-        let _ = fwd.write_str(&client.forwarded_for);
-        if let Some(h) = host.filter(|h| carries_unquoted(h)) {
-            let _ = write!(fwd, ";host=");
-            let _ = fwd.write_str(h.to_str().unwrap_or(""));
-        }
-        append_list(headers, &header::FORWARDED, fwd.as_str())
+        append_list(
+            headers,
+            &header::FORWARDED,
+            client.forwarded_element(host).as_str(),
+        )
     } else {
         client.forwarded(host)
     };

@@ -38,7 +38,7 @@ pub fn token(data_dir: &Path) -> String {
 
 /// Accepts any certificate: these tests look at counters, not trust.
 #[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+struct AnyCert(gatehouse::tls::SignatureCheck);
 
 impl ServerCertVerifier for AnyCert {
     fn verify_server_cert(
@@ -57,7 +57,7 @@ impl ServerCertVerifier for AnyCert {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        self.0.tls12(m, c, d)
     }
     fn verify_tls13_signature(
         &self,
@@ -65,10 +65,10 @@ impl ServerCertVerifier for AnyCert {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        self.0.tls13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 
@@ -90,7 +90,9 @@ pub async fn good_handshake(addr: SocketAddr) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCert(gatehouse::tls::SignatureCheck(
+            provider,
+        ))))
         .with_no_client_auth();
     let tcp = to_starttls(addr).await;
     let tls = tokio::time::timeout(

@@ -43,7 +43,9 @@ impl TestCert {
         let cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_client_cert_verifier(Arc::new(AnyClientCert(provider)))
+            .with_client_cert_verifier(Arc::new(AnyClientCert(gatehouse::tls::SignatureCheck(
+                provider,
+            ))))
             .with_single_cert(
                 vec![self.der.clone()],
                 rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into()),
@@ -68,7 +70,7 @@ impl TestCert {
 }
 
 #[derive(Debug)]
-struct AnyClientCert(Arc<rustls::crypto::CryptoProvider>);
+struct AnyClientCert(gatehouse::tls::SignatureCheck);
 
 impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
@@ -88,12 +90,7 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -101,15 +98,10 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 
